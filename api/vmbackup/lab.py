@@ -1,0 +1,183 @@
+"""The local lab: zfs-fuse, file-backed pools for a compute node and a backup node, VM disks with data.
+
+Tests, the demo and the benchmarks share it. Everything is settable so that each gets its own pools,
+every step is idempotent, and `down()` removes what `up()` made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+import uuid as uuidlib
+
+ZFS_ENV = dict(os.environ, LC_ALL="C")
+APT_PACKAGES = ["zfs-fuse", "openssh-server", "openssh-client", "pv", "mbuffer", "pigz", "zstd", "lz4",
+                "xz-utils", "bzip2", "sanoid"]
+
+
+@dataclasses.dataclass
+class LabVM:
+    """A VM of the lab: its disks are `<pool>/<uuid>-disk<N>` filesystems standing in for zvols."""
+
+    uuid: str
+    hostname: str
+    disks: int = 1
+    brand: str = "kvm"
+    state: str = "stopped"
+    size_mb: int = 256
+
+    def disk(self, pool: str, n: int) -> str:
+        return "%s/%s-disk%d" % (pool, self.uuid, n)
+
+
+# Fixed uuids so that the demo, the inventory and the docs can name them.
+DEFAULT_VMS = [
+    LabVM("9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a", "web01.lab", disks=2),
+    LabVM("5d0c7a12-8e4f-4b6a-b1c3-7e9d2a4f6b10", "db01.lab", disks=1),
+]
+
+
+def run(argv: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ZFS_ENV, **kwargs)
+    if check and proc.returncode != 0:
+        raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
+    return proc
+
+
+def say(message: str) -> None:
+    print("lab: " + message, flush=True)
+
+
+def install_packages(packages: list[str] = APT_PACKAGES) -> None:
+    """apt-get install what is missing (the machine is Debian; we are root)."""
+    missing = [p for p in packages
+               if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).stdout.find("install ok installed") < 0]
+    if not missing:
+        return
+    say("installing %s" % " ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def zfs_daemon_running() -> bool:
+    return shutil.which("zpool") is not None and run(["zpool", "list", "-H"], check=False).returncode == 0
+
+
+def start_zfs_daemon(timeout: float = 30) -> None:
+    """Start zfs-fuse if no ZFS answers; wait until it does."""
+    if zfs_daemon_running():
+        return
+    if not shutil.which("zfs-fuse"):
+        install_packages(["zfs-fuse"])
+    say("starting zfs-fuse")
+    os.makedirs("/var/run/zfs", exist_ok=True)
+    subprocess.run(["zfs-fuse", "--pidfile", "/var/run/zfs-fuse.pid"], check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if zfs_daemon_running():
+            return
+        time.sleep(0.3)
+    raise RuntimeError("zfs-fuse did not start within %ds; see syslog" % timeout)
+
+
+@dataclasses.dataclass
+class Lab:
+    """Pools `compute_pool` and `backup_pool` on sparse files under `directory`."""
+
+    directory: str = os.environ.get("VMBACKUP_LAB_DIR", "/var/tmp/vmbackup-lab")
+    compute_pool: str = os.environ.get("VMBACKUP_LAB_COMPUTE_POOL", "zones")
+    backup_pool: str = os.environ.get("VMBACKUP_LAB_BACKUP_POOL", "backup")
+    pool_size: str = os.environ.get("VMBACKUP_LAB_POOL_SIZE", "2G")
+
+    @property
+    def pools(self) -> list[str]:
+        return [self.compute_pool, self.backup_pool]
+
+    def image(self, pool: str) -> str:
+        return os.path.join(self.directory, pool + ".img")
+
+    def mountpoint(self, pool: str) -> str:
+        return os.path.join(self.directory, "mnt", pool)
+
+    def pool_exists(self, pool: str) -> bool:
+        return run(["zpool", "list", "-H", "-o", "name", pool], check=False).returncode == 0
+
+    def up(self, vms: list[LabVM] | None = None, data_mb: int = 16) -> None:
+        """Install, start, create pools and VM disks; what exists already is left as it is."""
+        start_zfs_daemon()
+        os.makedirs(self.directory, exist_ok=True)
+        for pool in self.pools:
+            self.create_pool(pool)
+        for vm in DEFAULT_VMS if vms is None else vms:
+            self.create_vm(vm, data_mb)
+
+    def create_pool(self, pool: str) -> None:
+        if self.pool_exists(pool):
+            return
+        image = self.image(pool)
+        if os.path.exists(image):
+            say("importing pool %s from %s" % (pool, image))
+            run(["zpool", "import", "-d", self.directory, pool])
+            return
+        say("creating pool %s (%s, %s)" % (pool, image, self.pool_size))
+        run(["truncate", "-s", self.pool_size, image])
+        os.makedirs(self.mountpoint(pool), exist_ok=True)
+        run(["zpool", "create", "-m", self.mountpoint(pool), pool, image])
+
+    def create_vm(self, vm: LabVM, data_mb: int = 16) -> list[str]:
+        """Create the VM's disks with its properties and `data_mb` MiB of random data in each."""
+        made = []
+        for n in range(vm.disks):
+            disk = vm.disk(self.compute_pool, n)
+            if run(["zfs", "list", "-H", disk], check=False).returncode == 0:
+                continue
+            say("creating VM disk %s (%s)" % (disk, vm.hostname))
+            run(["zfs", "create", "-o", "quota=%dM" % vm.size_mb, "-o", "vmbackup:hostname=" + vm.hostname,
+                 "-o", "vmbackup:brand=" + vm.brand, "-o", "vmbackup:state=" + vm.state, disk])
+            self.write_data(disk, "data.bin", data_mb)
+            made.append(disk)
+        return made
+
+    def disk_path(self, dataset: str) -> str:
+        return run(["zfs", "get", "-H", "-o", "value", "mountpoint", dataset]).stdout.strip()
+
+    def write_data(self, dataset: str, name: str, mib: int) -> str:
+        """Write `mib` MiB of random data into a file of a (mounted) disk dataset."""
+        path = os.path.join(self.disk_path(dataset), name)
+        with open(path, "wb") as handle:
+            for _ in range(mib):
+                handle.write(os.urandom(1 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
+
+    def down(self) -> None:
+        """Destroy the lab's pools and remove their files."""
+        if zfs_daemon_running():
+            for pool in self.pools:
+                if self.pool_exists(pool):
+                    say("destroying pool %s" % pool)
+                    run(["zpool", "destroy", "-f", pool])
+        for pool in self.pools:
+            if os.path.exists(self.image(pool)):
+                os.unlink(self.image(pool))
+        shutil.rmtree(os.path.join(self.directory, "mnt"), ignore_errors=True)
+
+    def status(self) -> str:
+        lines = []
+        for pool in self.pools:
+            if self.pool_exists(pool):
+                lines.append(run(["zfs", "list", "-H", "-r", "-o", "name,used,mountpoint", pool]).stdout.rstrip())
+            else:
+                lines.append("%s: not created" % pool)
+        return "\n".join(lines)
+
+
+def new_vm(hostname: str, disks: int = 1, **kwargs) -> LabVM:
+    """A lab VM with a fresh uuid."""
+    return LabVM(str(uuidlib.uuid4()), hostname, disks=disks, **kwargs)

@@ -1,0 +1,11 @@
+"""Where the project's parts are on disk, for code that runs from a checkout or an installed package."""
+
+from __future__ import annotations
+
+import os
+
+PROJECT = os.environ.get("VMBACKUP_HOME") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOKS = os.path.join(PROJECT, "playbooks")
+INVENTORY = os.path.join(PROJECT, "inventory")
+# ansible_collections/vmbackup/zfs links to collection/, so the project root is a collections path.
+COLLECTIONS_PATH = PROJECT

@@ -1,0 +1,151 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup developers
+# Apache License 2.0 (see LICENSE)
+"""Names and places: what a valid ZFS name is, where backups live, how files are compressed.
+
+Each fact here has no other home; modules, playbooks and the API import it from this file.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ZFS component names: no leading '-' (it would read as an option), no '..', no shell metacharacters.
+_COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
+DATASET_RE = re.compile(r"^%s(/%s)*$" % (_COMPONENT, _COMPONENT))
+SNAPSHOT_NAME_RE = re.compile(r"^%s$" % _COMPONENT)
+POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A backup definition name as the API allows it, and a backup name made from it.
+DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}$")
+BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-\d{8}_\d{6}$")
+BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
+# The compute node's VM disks: <pool>/<uuid>-disk<N> (KVM/bhyve zvols) or <pool>/<uuid> (OS zones).
+DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>\d+))?$")
+MAX_NAME = 255
+
+# User properties that vmbackup puts on snapshots; they let backup_info list backups from the nodes.
+PROP_PREFIX = "vmbackup:"
+PROP_BACKUP = PROP_PREFIX + "backup"
+PROP_DEFINITION = PROP_PREFIX + "define"
+PROP_VM_UUID = PROP_PREFIX + "vm_uuid"
+PROP_HOSTNAME = PROP_PREFIX + "hostname"
+PROP_DISK_ID = PROP_PREFIX + "disk_id"
+PROP_CREATED = PROP_PREFIX + "created"
+PROP_TYPE = PROP_PREFIX + "type"
+# On source snapshots: which backup target (<backup host>:<zpool>) received them.
+PROP_TARGET = PROP_PREFIX + "target"
+
+
+def invalid_dataset(name: str) -> str | None:
+    """Why `name` is not a dataset name we will pass to zfs, or None if it is one."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME:
+        return "is longer than %d characters" % MAX_NAME
+    if not DATASET_RE.match(name) or ".." in name:
+        return ("'%s' is not a ZFS dataset name: use pool/path components of letters, digits and "
+                "'_.:-', each starting with a letter or digit" % name)
+    return None
+
+
+def invalid_snapshot_name(name: str) -> str | None:
+    """Why `name` is not a snapshot name (the part after '@'), or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME or not SNAPSHOT_NAME_RE.match(name) or ".." in name:
+        return ("'%s' is not a snapshot name: use letters, digits and '_.:-', starting with a "
+                "letter or digit" % name)
+    return None
+
+
+def invalid_pool(name: str) -> str | None:
+    """Why `name` is not a pool name, or None."""
+    if not isinstance(name, str) or not POOL_RE.match(name) or len(name) > MAX_NAME:
+        return "'%s' is not a pool name: start with a letter, then letters, digits or '_.:-'" % name
+    return None
+
+
+def disk_of(dataset: str) -> tuple[str, int]:
+    """The VM uuid and 0-based disk number of a VM disk dataset (an OS zone's root is disk 0)."""
+    match = DISK_DATASET_RE.match(dataset)
+    if not match:
+        raise ValueError("'%s' is not a VM disk (expected <pool>/<uuid>-disk<N> or <pool>/<uuid>)" % dataset)
+    return match.group("uuid").lower(), int(match.group("disk") or 0)
+
+
+def disk_leaf(vm_uuid: str, disk: int) -> str:
+    """`<uuid>-disk<N>`: the name a VM disk and its dataset backups share."""
+    return "%s-disk%d" % (vm_uuid, disk)
+
+
+def dataset_backup_target(zpool: str, vm_uuid: str, disk: int) -> str:
+    """The backup node's dataset that holds one snapshot per dataset backup of a VM disk."""
+    return "%s/backups/ds/%s" % (zpool, disk_leaf(vm_uuid, disk))
+
+
+def file_backup_root(zpool: str) -> str:
+    """The dataset under which file backups are written."""
+    return "%s/backups/file" % zpool
+
+
+def manifest_root(zpool: str) -> str:
+    """The dataset under which the manifests of dataset backups are written."""
+    return "%s/backups/manifests" % zpool
+
+
+def file_backup_dir(root_mountpoint: str, vm_uuid: str, disk: int) -> str:
+    """The folder of a VM disk's file backups, below the mountpoint of file_backup_root()."""
+    return "%s/%s/disk%d" % (root_mountpoint.rstrip("/"), vm_uuid, disk)
+
+
+def file_backup_name(backup: str, compression: str) -> str:
+    """`<bkpname>-full.zfs[.ext]`."""
+    return "%s-full.zfs%s" % (backup, COMPRESSION[compression]["ext"])
+
+
+def dataset_manifest_path(root_mountpoint: str, vm_uuid: str, disk: int, backup: str) -> str:
+    """Where the manifest of a dataset backup is kept."""
+    return "%s/ds/%s/%s.json" % (root_mountpoint.rstrip("/"), disk_leaf(vm_uuid, disk), backup)
+
+
+def file_manifest_path(backup_file: str) -> str:
+    """Where the manifest of a file backup is kept: beside it."""
+    return backup_file + ".json"
+
+
+# Compression of file backups. The API's codes 0-3 map to the first four; zstd and lz4 are ours.
+# Each entry names the command that compresses stdin to stdout, the one that reverses it, and the
+# file extension by which a restore recognises it. Fast levels: a backup window is short.
+COMPRESSION = {
+    "none": {"ext": "", "compress": None, "decompress": None},
+    "gzip": {"ext": ".gz", "compress": ["gzip", "-1", "-c"], "decompress": ["gzip", "-d", "-c"],
+             "parallel": ["pigz", "-1", "-c"]},
+    "bzip2": {"ext": ".bz2", "compress": ["bzip2", "-c"], "decompress": ["bzip2", "-d", "-c"]},
+    "xz": {"ext": ".xz", "compress": ["xz", "-1", "-T0", "-c"], "decompress": ["xz", "-d", "-c"]},
+    "zstd": {"ext": ".zst", "compress": ["zstd", "-1", "-T0", "-q", "-c"],
+             "decompress": ["zstd", "-d", "-q", "-c"]},
+    "lz4": {"ext": ".lz4", "compress": ["lz4", "-1", "-q", "-c"], "decompress": ["lz4", "-d", "-q", "-c"]},
+}
+API_COMPRESSION = {"0": "none", "1": "gzip", "2": "bzip2", "3": "xz"}
+COMPRESSION_CHOICES = sorted(API_COMPRESSION) + sorted(COMPRESSION)
+
+
+def compression_name(value) -> str:
+    """Normalise an API code (0-3) or a name to a key of COMPRESSION."""
+    value = str(value).strip().lower()
+    name = API_COMPRESSION.get(value, value)
+    if name not in COMPRESSION:
+        raise ValueError("compression must be one of %s, not '%s'" % (", ".join(COMPRESSION_CHOICES), value))
+    return name
+
+
+def compression_of_file(path: str) -> str:
+    """The compression of a backup file, from its extension."""
+    for name, entry in COMPRESSION.items():
+        if entry["ext"] and path.endswith(".zfs" + entry["ext"]):
+            return name
+    if path.endswith(".zfs"):
+        return "none"
+    raise ValueError("'%s' is not a backup file (expected .zfs with an optional %s)"
+                     % (path, ", ".join(e["ext"] for e in COMPRESSION.values() if e["ext"])))
