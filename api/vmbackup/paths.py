@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-PROJECT = os.environ.get("VMBACKUP_HOME") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+PROJECT = os.environ.get("VMBACKUP_HOME") or os.path.dirname(os.path.dirname(_HERE))
 PLAYBOOKS = os.path.join(PROJECT, "playbooks")
 INVENTORY = os.path.join(PROJECT, "inventory")
 # ansible_collections/vmbackup/zfs links to collection/, so the project root is a collections path.

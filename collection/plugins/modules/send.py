@@ -83,13 +83,16 @@ options:
     default: true
   prune_source:
     description:
-      - After a successful backup, destroy the older vmbackup snapshots on the source that were sent to
-        this same target (I(target_id)); the one just sent stays as the base of the next incremental.
+      - After a successful dataset backup, destroy the older vmbackup snapshots on the source that were
+        sent to this same target (I(target_id)); the one just sent stays as the base of the next
+        incremental. After a file backup (a full stream, the base of nothing), destroy the snapshot sent.
         Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
     type: bool
     default: false
   target_id:
-    description: Names this target on the source's snapshots (C(vmbackup:target)); defaults to C(<this host>:<zpool>).
+    description:
+      - Names this target on the source's snapshots (C(vmbackup:target)); defaults to
+        C(<this host>:<zpool>:<type>).
     type: str
 notes:
   - Check mode says what would be sent (full or incremental, from which base, to where) and runs nothing.
@@ -229,7 +232,7 @@ class Backup:
         self.kind = {"1": "dataset", "2": "file"}.get(p["type"], p["type"])
         self.name = p["backup"] or p["snapshot"]
         self.snapshot = "%s@%s" % (p["source"], p["snapshot"])
-        self.target_id = p["target_id"] or "%s:%s" % (socket.gethostname(), p["zpool"])
+        self.target_id = p["target_id"] or "%s:%s:%s" % (socket.gethostname(), p["zpool"], self.kind)
         self.created = common.utc_now()
         self.result = {"changed": False, "backup": self.name, "type": self.kind, "source": self.snapshot,
                        "target": None, "incremental": False, "base": None, "file_path": None,
@@ -286,6 +289,11 @@ class Backup:
         try:
             self.source.set(snap.full, {layout.PROP_TARGET: self.target_id})
             if not self.p["prune_source"]:
+                return
+            if self.kind == "file":
+                # A file backup is a full stream: its snapshot is the base of nothing.
+                self.source.destroy(snap.full)
+                self.result["pruned_source"].append(snap.full)
                 return
             for old in snaps:
                 if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_TARGET) != self.target_id:
