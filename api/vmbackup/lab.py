@@ -47,6 +47,17 @@ def run(argv: list[str], check: bool = True, **kwargs) -> subprocess.CompletedPr
     return proc
 
 
+def retry_busy(argv: list[str], attempts: int = 20) -> None:
+    """Run a zfs/zpool command, retrying while zfs-fuse says busy (it does for a moment after I/O)."""
+    for attempt in range(attempts):
+        proc = run(argv, check=False)
+        if proc.returncode == 0:
+            return
+        if "busy" not in proc.stderr or attempt == attempts - 1:
+            raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
+        time.sleep(0.5)
+
+
 def say(message: str) -> None:
     print("lab: " + message, flush=True)
 
@@ -83,6 +94,60 @@ def start_zfs_daemon(timeout: float = 30) -> None:
             return
         time.sleep(0.3)
     raise RuntimeError("zfs-fuse did not start within %ds; see syslog" % timeout)
+
+
+@dataclasses.dataclass
+class SshAccess:
+    """How the lab's backup node reaches its compute node: ssh to this machine with a key of its own."""
+
+    host: str
+    port: int
+    key: str
+    user: str = "root"
+    options: tuple = ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR")
+
+    def module_args(self, prefix: str) -> dict:
+        """The `<prefix>_host/_port/_key/_ssh_options` options of vmbackup's modules."""
+        return {prefix + "_host": self.host, prefix + "_port": self.port, prefix + "_key": self.key,
+                prefix + "_user": self.user, prefix + "_ssh_options": list(self.options)}
+
+
+def ensure_sshd(directory: str, port: int = 2222, host: str = "127.0.0.1") -> SshAccess:
+    """Start an sshd on `port` (if none listens) that accepts a key kept in `directory`."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        install_packages(["openssh-server", "openssh-client"])
+    os.makedirs(directory, exist_ok=True)
+    key = os.path.join(directory, "id_ed25519")
+    if not os.path.exists(key):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmbackup-lab", "-f", key])
+    with open(key + ".pub") as handle:
+        public = handle.read().strip()
+    ssh_dir = os.path.expanduser("~/.ssh")
+    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
+    authorized = os.path.join(ssh_dir, "authorized_keys")
+    known = open(authorized).read() if os.path.exists(authorized) else ""
+    if public not in known:
+        with open(authorized, "a") as handle:
+            handle.write(("" if known.endswith("\n") or not known else "\n") + public + "\n")
+        os.chmod(authorized, 0o600)
+    access = SshAccess(host, port, key)
+    probe = ["ssh", "-p", str(port), "-i", key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+    for option in access.options:
+        probe += ["-o", option]
+    probe += ["root@" + host, "true"]
+    if run(probe, check=False).returncode == 0:
+        return access
+    say("starting sshd on %s:%d" % (host, port))
+    run(["ssh-keygen", "-A"])
+    os.makedirs("/run/sshd", exist_ok=True)
+    run(["/usr/sbin/sshd", "-p", str(port), "-o", "ListenAddress=%s" % host,
+         "-o", "PidFile=%s" % os.path.join(directory, "sshd.pid"), "-o", "PermitRootLogin=prohibit-password"])
+    deadline = time.monotonic() + 15
+    while run(probe, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("sshd on port %d does not accept the lab key" % port)
+        time.sleep(0.3)
+    return access
 
 
 @dataclasses.dataclass
@@ -162,7 +227,7 @@ class Lab:
             for pool in self.pools:
                 if self.pool_exists(pool):
                     say("destroying pool %s" % pool)
-                    run(["zpool", "destroy", "-f", pool])
+                    retry_busy(["zpool", "destroy", "-f", pool])
         for pool in self.pools:
             if os.path.exists(self.image(pool)):
                 os.unlink(self.image(pool))
