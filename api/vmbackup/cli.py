@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import logging
 import sys
 
 from vmbackup import lab as labmod
@@ -23,6 +26,46 @@ def lab_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    from vmbackup import server
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    every = None if args.no_discover else args.discover_every
+    server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads)
+    return 0
+
+
+def user_command(args: argparse.Namespace) -> int:
+    from vmbackup import server
+    app = server.Application(args.data_dir, args.inventory)
+    if args.action == "list":
+        for user in app.store.users():
+            print("%s\t%s\t%s" % (user["username"], "admin" if user["is_admin"] else "owner",
+                                   ",".join(user.get("vms") or [])))
+        return 0
+    if not args.name:
+        print("vmbackup: user add needs a NAME", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password for %s: " % args.name)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        key = app.auth.add_user(args.name, password, admin=args.admin, vms=args.vm)
+    except ValueError as err:
+        print("vmbackup: %s" % err, file=sys.stderr)
+        return 2
+    print("user %s saved (%s); API key (ES-API-KEY), shown once: %s"
+          % (args.name, "admin" if args.admin else "VM owner", key))
+    return 0
+
+
+def discover_command(args: argparse.Namespace) -> int:
+    from vmbackup import server
+    app = server.Application(args.data_dir, args.inventory)
+    print(json.dumps(app.discover(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +82,37 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM disk (default: 16)")
     lab.add_argument("--install", action="store_true", help="apt-get install the lab's packages first")
     lab.set_defaults(func=lab_command)
+
+    from vmbackup.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY
+
+    def service_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                             help="the service's records (default: %(default)s; env VMBACKUP_DATA_DIR)")
+        command.add_argument("--inventory", default=DEFAULT_INVENTORY,
+                             help="Ansible inventory with groups compute and backup (default: the lab's)")
+
+    serve = sub.add_parser("serve", help="run the REST API (waitress, threads)",
+                           description="Serve the VM backup API under /api/.")
+    serve.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT (default: %(default)s)")
+    service_options(serve)
+    serve.add_argument("--threads", type=int, default=8, help="worker threads (default: %(default)s)")
+    serve.add_argument("--discover-every", type=float, default=600.0,
+                       help="seconds between discoveries of nodes and VMs (default: %(default)s)")
+    serve.add_argument("--no-discover", action="store_true", help="do not discover at start or on a schedule")
+    serve.set_defaults(func=serve_command)
+
+    user = sub.add_parser("user", help="add or list API users",
+                          description="Add a user (password read from stdin) or list users.")
+    user.add_argument("action", choices=["add", "list"])
+    user.add_argument("name", nargs="?", help="user name (for add)")
+    user.add_argument("--admin", action="store_true", help="may read and write everything")
+    user.add_argument("--vm", action="append", default=[], help="a VM (hostname or uuid) this user owns; repeat")
+    service_options(user)
+    user.set_defaults(func=user_command)
+
+    discover = sub.add_parser("discover", help="ask the nodes for their pools and VMs now")
+    service_options(discover)
+    discover.set_defaults(func=discover_command)
     return parser
 
 

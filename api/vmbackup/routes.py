@@ -1,0 +1,219 @@
+"""HTTP only: URLs, parameters, envelopes, headers and status codes. The rules live in the service."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import bottle
+
+from vmbackup import __version__, errors
+from vmbackup.auth import Auth, token_of
+from vmbackup.service import Service
+
+JSON = "application/json"
+
+
+def envelope(task_id: str, status: str, result, code: int) -> bottle.HTTPResponse:
+    return _json({"task_id": task_id, "status": status, "result": result}, code, {"es_task_id": task_id})
+
+
+def _json(body, code: int, headers: dict | None = None) -> bottle.HTTPResponse:
+    response = bottle.HTTPResponse(json.dumps(body), status=code, headers=headers or {})
+    response.content_type = JSON
+    return response
+
+
+def params() -> dict:
+    """GET parameters from the query string; others from the JSON body (query string as fallback)."""
+    data = dict(bottle.request.query.decode().items())
+    if bottle.request.method != "GET":
+        body = bottle.request.body.read()
+        if body.strip():
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                raise errors.ValidationFailed({"non_field_errors": ["JSON parse error: the body is not JSON."]}) \
+                    from None
+            if not isinstance(parsed, dict):
+                raise errors.ValidationFailed({"non_field_errors": ["Expected a JSON object."]})
+            data.update(parsed)
+        elif bottle.request.forms:
+            data.update(bottle.request.forms.decode().items())
+    return data
+
+
+def build_app(service: Service, auth: Auth, stream_wait: Callable | None = None) -> bottle.Bottle:
+    """The WSGI application, every route under /api/ with and without a trailing slash."""
+    app = bottle.Bottle(autojson=False)
+    app.config["vmbackup.service"] = service
+
+    @app.hook("before_request")
+    def strip_trailing_slash():
+        path = bottle.request.environ["PATH_INFO"]
+        if len(path) > 1 and path.endswith("/"):
+            bottle.request.environ["PATH_INFO"] = path.rstrip("/")
+
+    def handler(fn: Callable, public: bool = False) -> Callable:
+        """Authenticate, call, and turn refusals into their responses; add the es_* headers."""
+        def wrapped(**kwargs):
+            user = None
+            try:
+                if not public:
+                    user = auth.authenticate(bottle.request.get_header("Authorization"),
+                                             bottle.request.get_header("ES-API-KEY"))
+                response = fn(user, **kwargs)
+            except errors.ApiError as err:
+                response = _json({"detail": err.detail}, err.status)
+            except errors.ValidationFailed as err:
+                response = envelope(service.task_id(user, "d"), "FAILURE", err.errors, 400)
+            except errors.LoginFailed as err:
+                response = _json({"detail": str(err)}, 400)
+            response.set_header("es_version", __version__)
+            response.set_header("es_username", user["username"] if user else "")
+            return response
+        return wrapped
+
+    def sync(user, result, code: int = 200) -> bottle.HTTPResponse:
+        return envelope(service.task_id(user, "d"), "SUCCESS", result, code)
+
+    def pending(task_id) -> bottle.HTTPResponse:
+        if isinstance(task_id, dict):  # done at once (a LOST backup removed from the records)
+            return None
+        if stream_wait and bottle.request.get_header("ES-STREAM") == "es":
+            return stream_wait(task_id)
+        return envelope(task_id, "PENDING", None, 201)
+
+    def route(path: str, method: str, fn: Callable, public: bool = False) -> None:
+        app.route(path, method, handler(fn, public))
+
+    # -- accounts ---------------------------------------------------------------------------------
+    def login(_user):
+        data = params()
+        result = auth.login(str(data.get("username") or ""), str(data.get("password") or ""))
+        return _json(dict(result, detail="Welcome to vmbackup %s" % __version__), 200)
+
+    def logout(user):
+        token = token_of(bottle.request.get_header("Authorization"))
+        if token:
+            auth.logout(token)
+        return _json({"detail": "Bye."}, 200)
+
+    route("/api/accounts/login", "POST", login, public=True)
+    route("/api/accounts/logout", "GET", logout)
+
+    # -- definitions --------------------------------------------------------------------------------
+    route("/api/vm/define/backup", "GET", lambda user: sync(user, service.list_definitions(user, params())))
+    route("/api/vm/<vm>/define/backup", "GET",
+          lambda user, vm: sync(user, service.list_definitions(user, params(), vm)))
+    route("/api/vm/<vm>/define/backup/<name>", "GET",
+          lambda user, vm, name: sync(user, service.get_definition(user, vm, name, params())))
+    route("/api/vm/<vm>/define/backup/<name>", "POST",
+          lambda user, vm, name: sync(user, service.create_definition(user, vm, name, params()), 201))
+    route("/api/vm/<vm>/define/backup/<name>", "PUT",
+          lambda user, vm, name: sync(user, service.update_definition(user, vm, name, params())))
+
+    def delete_definition(user, vm, name):
+        service.delete_definition(user, vm, name, params())
+        return sync(user, None)
+
+    route("/api/vm/<vm>/define/backup/<name>", "DELETE", delete_definition)
+
+    # -- backups ------------------------------------------------------------------------------------
+    route("/api/vm/<vm>/backup", "GET", lambda user, vm: sync(user, service.list_backups(user, vm, params())))
+
+    def delete_many(user, vm):
+        outcome = service.delete_backups(user, vm, params())
+        return pending(outcome) or sync(user, outcome)
+
+    route("/api/vm/<vm>/backup", "DELETE", delete_many)
+    route("/api/vm/<vm>/backup/<name>", "GET",
+          lambda user, vm, name: sync(user, service.get_backup(user, vm, name, params())))
+    route("/api/vm/<vm>/backup/<name>", "POST",
+          lambda user, vm, name: pending(service.create_backup(user, vm, name, params())))
+
+    def put_backup(user, vm, name):
+        data = params()
+        if "note" in data:
+            return sync(user, service.set_note(user, vm, name, data))
+        return pending(service.restore_backup(user, vm, name, data))
+
+    def delete_one(user, vm, name):
+        outcome = service.delete_backup(user, vm, name, params())
+        return pending(outcome) or sync(user, outcome)
+
+    route("/api/vm/<vm>/backup/<name>", "PUT", put_backup)
+    route("/api/vm/<vm>/backup/<name>", "DELETE", delete_one)
+
+    # -- tasks --------------------------------------------------------------------------------------
+    def task_list(user):
+        tasks = [t for t in service.store.pending_tasks() if user.get("is_admin") or t.get("user_id") == user["id"]]
+        return sync(user, [t["task_id"] for t in tasks])
+
+    def task_log(user):
+        entries = [e for e in service.store.task_log()
+                   if user.get("is_admin") or e.get("username") == user["username"]]
+        entries.sort(key=lambda e: e["time"], reverse=True)
+        return sync(user, entries)
+
+    def task_detail(user, task_id):
+        task = service.visible_task(user, task_id)
+        info = {k: task.get(k) for k in ("view", "method", "hostname", "disk_id", "bkpname", "username",
+                                          "started", "finished", "progress")}
+        return envelope(task_id, "SUCCESS", info, 200)
+
+    def task_status(user, task_id):
+        task = service.visible_task(user, task_id)
+        return status_response(task)
+
+    def task_done(user, task_id):
+        task = service.visible_task(user, task_id)
+        return _json({"task_id": task_id, "done": task["status"] != "PENDING"}, 200, {"es_task_id": task_id})
+
+    def task_cancel(user, task_id):
+        service.cancel(user, task_id)
+        return envelope(task_id, "SUCCESS", {"message": "Task canceled"}, 200)
+
+    route("/api/task", "GET", task_list)
+    route("/api/task/log", "GET", task_log)
+    route("/api/task/<task_id>", "GET", task_detail)
+    route("/api/task/<task_id>/status", "GET", task_status)
+    route("/api/task/<task_id>/done", "GET", task_done)
+    route("/api/task/<task_id>/cancel", "PUT", task_cancel)
+
+    @app.route("/api/openapi.json", "GET")
+    def openapi():
+        from vmbackup.openapi import spec
+        return _json(spec(), 200)
+
+    @app.error(404)
+    def not_found(_err):
+        bottle.response.content_type = JSON
+        return json.dumps({"detail": "Not found."})
+
+    @app.error(405)
+    def not_allowed(_err):
+        bottle.response.content_type = JSON
+        return json.dumps({"detail": 'Method "%s" not allowed.' % bottle.request.method})
+
+    return app
+
+
+def status_response(task: dict) -> bottle.HTTPResponse:
+    if task["status"] == "PENDING":
+        return envelope(task["task_id"], "PENDING", None, 201)
+    code = 200 if task["status"] == "SUCCESS" else 400
+    return envelope(task["task_id"], task["status"], task["result"], code)
+
+
+def wait_for(service: Service, task_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
+    """Block until a task ends (used by streams and tests); return its record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        task = service.store.get_task(task_id)
+        if task is None or task["status"] != "PENDING":
+            return task
+        if deadline is not None and time.monotonic() > deadline:
+            return task
+        time.sleep(poll)

@@ -1,0 +1,180 @@
+"""The runner: each job is an `ansible-runner run` of one playbook, in its own private data directory,
+with ident = the task id. Runs are detached processes, so a restart of the service finds them again
+(still running, or finished) from their artifacts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vmbackup import paths
+
+
+@dataclass
+class RunResult:
+    """What a finished run says: its status, the playbook's `vmbackup_result`, and why it failed."""
+
+    status: str                      # successful, failed, canceled, timeout, lost
+    rc: int | None = None
+    result: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+
+class Runner:
+    """Starts playbook runs and calls back when each ends."""
+
+    def __init__(self, runs_dir: str, inventory: str, poll: float = 0.5):
+        self.runs_dir = runs_dir
+        self.inventory = os.path.abspath(inventory)
+        self.poll = poll
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        os.makedirs(runs_dir, exist_ok=True)
+
+    def data_dir(self, ident: str) -> str:
+        return os.path.join(self.runs_dir, ident)
+
+    def artifacts(self, ident: str) -> str:
+        return os.path.join(self.data_dir(ident), "artifacts", ident)
+
+    def start(self, ident: str, playbook: str, extravars: dict, on_done: Callable[[RunResult], None]) -> int:
+        """Start `playbooks/<playbook>` with `extravars`; return the run's pid."""
+        data_dir = self.data_dir(ident)
+        os.makedirs(os.path.join(data_dir, "env"), exist_ok=True)
+        with open(os.path.join(data_dir, "env", "extravars"), "w") as handle:
+            json.dump(extravars, handle)
+        bin_dir = os.path.dirname(sys.executable)
+        envvars = {"ANSIBLE_COLLECTIONS_PATH": paths.COLLECTIONS_PATH,
+                   "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                   "ANSIBLE_CONFIG": os.path.join(paths.PROJECT, "ansible.cfg"),
+                   "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+                   "ANSIBLE_NOCOLOR": "1"}
+        with open(os.path.join(data_dir, "env", "envvars"), "w") as handle:
+            json.dump(envvars, handle)
+        argv = [os.path.join(bin_dir, "ansible-runner"), "run", data_dir,
+                "--ident", ident, "-p", os.path.join(paths.PLAYBOOKS, playbook),
+                "--inventory", self.inventory, "--rotate-artifacts", "0"]
+        log = open(os.path.join(data_dir, "runner.log"), "wb")
+        # A session of its own: the run outlives a restart of the service and is stopped as a group.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=data_dir, env=dict(os.environ, **envvars))
+        log.close()
+        with open(os.path.join(data_dir, "pid"), "w") as handle:
+            handle.write(str(proc.pid))
+        with self._lock:
+            self._procs[ident] = proc
+        threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()
+        return proc.pid
+
+    def reattach(self, ident: str, on_done: Callable[[RunResult], None]) -> None:
+        """Follow a run started by an earlier service process (it may have ended meanwhile)."""
+        threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()
+
+    def running(self, ident: str) -> bool:
+        with self._lock:
+            proc = self._procs.get(ident)
+        if proc is not None:
+            return proc.poll() is None
+        pid = self._pid(ident)
+        return pid is not None and _alive(pid)
+
+    def cancel(self, ident: str) -> bool:
+        """Stop a run (its whole process group); False if it is not running."""
+        pid = self._pid(ident)
+        if pid is None or not self.running(ident):
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _pid(self, ident: str) -> int | None:
+        try:
+            with open(os.path.join(self.data_dir(ident), "pid")) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _watch(self, ident: str, on_done: Callable[[RunResult], None]) -> None:
+        with self._lock:
+            proc = self._procs.get(ident)
+        if proc is not None:
+            proc.wait()
+        else:
+            while self.running(ident):
+                time.sleep(self.poll)
+        with self._lock:
+            self._procs.pop(ident, None)
+        on_done(self.result(ident))
+
+    def result(self, ident: str) -> RunResult:
+        """Read a finished run's outcome from its artifacts."""
+        folder = self.artifacts(ident)
+        status = _read(os.path.join(folder, "status")) or "lost"
+        rc_text = _read(os.path.join(folder, "rc"))
+        rc = int(rc_text) if rc_text and rc_text.lstrip("-").isdigit() else None
+        events = self.events(ident)
+        result, errors = {}, []
+        for event in events:
+            data = event.get("event_data", {})
+            if event.get("event") == "playbook_on_stats":
+                result = (data.get("artifact_data") or {}).get("vmbackup_result") or {}
+            elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                res = data.get("res") or {}
+                errors.append("%s: %s" % (data.get("task") or data.get("task_action"), res.get("msg") or res))
+        if status == "lost" and not events:
+            errors.append("the run left no artifacts (interrupted before it started)")
+        elif status == "lost":
+            errors.append("the run was interrupted (the service stopped while it ran)")
+            status = "failed"
+        return RunResult(status, rc, result, "; ".join(str(e) for e in errors))
+
+    def events(self, ident: str) -> list[dict]:
+        events = []
+        for path in glob.glob(os.path.join(self.artifacts(ident), "job_events", "*.json")):
+            try:
+                with open(path) as handle:
+                    events.append(json.load(handle))
+            except (OSError, ValueError):
+                continue  # an event being written
+        return sorted(events, key=lambda e: e.get("counter", 0))
+
+    def remove(self, ident: str) -> None:
+        shutil.rmtree(self.data_dir(ident), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
