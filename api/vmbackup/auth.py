@@ -60,7 +60,7 @@ class Auth:
         if user is None or not check_password(password or "", user["password"]):
             raise errors.LoginFailed("Unable to log in with provided credentials.")
         token = secrets.token_hex(20)
-        expires = int(time.time()) + self.token_lifetime
+        expires = time.time() + self.token_lifetime
         self.store.save_token({"token_hash": secret_hash(token), "username": username, "expires": expires})
         return {"token": token, "expires": expires}
 

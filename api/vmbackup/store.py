@@ -152,7 +152,7 @@ class Store:
         """The VM is gone from its node; its backups stay."""
         with self.lock:
             db = self._partition(vm_uuid)
-            vm = db.table("vm").get(doc_id=1) if db else None
+            vm = db.table("vm").get(doc_id=1) if db is not None else None
             if vm and not vm.get("deleted"):
                 db.table("vm").update({"deleted": True}, doc_ids=[1])
                 if self._hostnames.get(vm["hostname"]) == vm_uuid:
