@@ -30,7 +30,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from vmbackup import server
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     every = None if args.no_discover else args.discover_every
-    server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads)
+    server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
+                 size_limit=args.size_limit)
     return 0
 
 
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--discover-every", type=float, default=600.0,
                        help="seconds between discoveries of nodes and VMs (default: %(default)s)")
     serve.add_argument("--no-discover", action="store_true", help="do not discover at start or on a schedule")
+    serve.add_argument("--size-limit", type=int, default=None,
+                       help="refuse new backups (417) once all backups together hold this many bytes")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",

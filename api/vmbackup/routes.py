@@ -44,6 +44,20 @@ def params() -> dict:
     return data
 
 
+ES_HEADERS = {"es-version": "es_version", "es-username": "es_username", "es-task-id": "es_task_id",
+              "es-stream": "es_stream"}
+
+
+def es_header_names(app: Callable) -> Callable:
+    """WSGI wrapper: the original API's headers are `es_version`, `es_username`, `es_task_id` (underscores),
+    which Bottle would print as `Es-Version`; clients look them up by the original names."""
+    def wsgi(environ, start_response):
+        def start(status, headers, exc_info=None):
+            return start_response(status, [(ES_HEADERS.get(k.lower(), k), v) for k, v in headers], exc_info)
+        return app(environ, start)
+    return wsgi
+
+
 def build_app(service: Service, auth: Auth, stream_wait: Callable | None = None) -> bottle.Bottle:
     """The WSGI application, every route under /api/ with and without a trailing slash."""
     app = bottle.Bottle(autojson=False)

@@ -9,7 +9,7 @@ import threading
 from vmbackup import paths
 from vmbackup.auth import Auth
 from vmbackup.discovery import Discovery
-from vmbackup.routes import build_app
+from vmbackup.routes import build_app, es_header_names
 from vmbackup.runner import Runner
 from vmbackup.service import Service
 from vmbackup.store import Store
@@ -22,18 +22,19 @@ DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVE
 class Application:
     """The store, runner, auth, service and discovery of one service instance."""
 
-    def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY):
+    def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
+                 size_limit: int | None = None):
         self.data_dir = os.path.abspath(data_dir)
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
         self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
         self.auth = Auth(self.store)
-        self.service = Service(self.store, self.runner)
+        self.service = Service(self.store, self.runner, size_limit=size_limit)
         self.discovery = Discovery(self.store, self.runner, self.inventory)
         self._stop = threading.Event()
 
     def wsgi(self):
-        return build_app(self.service, self.auth)
+        return es_header_names(build_app(self.service, self.auth))
 
     def discover(self) -> dict:
         summary = self.discovery.run()
@@ -64,11 +65,11 @@ class Application:
 
 
 def serve(listen: str, data_dir: str, inventory: str, discover_every: float | None = 600.0,
-          threads: int = 8) -> None:
+          threads: int = 8, size_limit: int | None = None) -> None:
     import waitress
 
     host, _, port = listen.rpartition(":")
-    app = Application(data_dir, inventory)
+    app = Application(data_dir, inventory, size_limit)
     app.start_background(discover_every)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)
     waitress.serve(app.wsgi(), host=host or "127.0.0.1", port=int(port), threads=threads, ident="vmbackup")
