@@ -134,3 +134,12 @@ def test_bad_names_are_refused_before_any_command_runs(lab, vm):
         assert "cmd" not in res or not res.get("cmd")
     res = run_module("vmbackup.zfs.snapshot", {"dataset": "../etc", "name": "x"})
     assert res.failed and res["msg"].startswith("dataset:"), dumps(res)
+
+
+def test_progress_file_counts_the_bytes_sent(lab, vm, tmp_path):
+    import json
+    progress = tmp_path / "progress.json"
+    res = backup(lab, vm, "daily-20261128_235900", bwlimit=4 * 2**20, progress_file=str(progress))
+    assert not res.failed, dumps(res)
+    data = json.loads(progress.read_text())
+    assert data["bytes"] == res["size"] and data["total"] and data["total"] >= 8 * 2**20

@@ -21,11 +21,11 @@ class Interrupted(Exception):
 
 
 def stop_on_signals() -> None:
-    """Turn SIGTERM and SIGINT into an exception so that cleanup code runs."""
+    """Turn SIGTERM, SIGINT and SIGHUP into an exception so that cleanup code runs."""
     def handler(signum, frame):
         raise Interrupted("interrupted by signal %d" % signum)
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def utc_now() -> str:
@@ -79,6 +79,14 @@ def write_json_atomic(path: str, data: dict) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(folder)
+
+
+def write_progress(path: str, sent: int, total: int | None) -> None:
+    """Replace the progress file: bytes sent so far and the expected total (or null)."""
+    tmp = "%s%s%d" % (path, PART_MARK, os.getpid())
+    with open(tmp, "w") as handle:
+        json.dump({"bytes": sent, "total": total, "updated": utc_now()}, handle)
+    os.replace(tmp, path)
 
 
 def fsync_dir(folder: str) -> None:

@@ -91,13 +91,16 @@ class Pipeline:
                 self._procs.append(proc)
             last_proc = self._procs[-1]
             watch = self._stage_index(progress_stage)
-            if capture:
-                self.stdout = last_proc.stdout.read()
-                last_proc.stdout.close()
+            # The captured output is small (a checksum): it fits the pipe, so it is read at the end.
             while any(p.poll() is None for p in self._procs):
                 if on_progress and watch is not None:
                     self._report(errfiles[watch], on_progress)
                 time.sleep(poll if on_progress else 0.05)
+            if capture:
+                self.stdout = last_proc.stdout.read()
+                last_proc.stdout.close()
+            if on_progress and watch is not None:
+                self._report(errfiles[watch], on_progress)
             for stage, proc, err in zip(self.stages, self._procs, errfiles, strict=True):
                 stage.returncode = proc.wait()
                 err.seek(0)

@@ -89,6 +89,11 @@ options:
         Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
     type: bool
     default: false
+  progress_file:
+    description:
+      - While the stream runs, keep a JSON file here with C(bytes) sent so far and the expected C(total)
+        where ZFS can tell (null otherwise), refreshed every second; for the API's task progress.
+    type: path
   target_id:
     description:
       - Names this target on the source's snapshots (C(vmbackup:target)); defaults to
@@ -257,6 +262,20 @@ class Backup:
             args += ["-i", "@" + base]
         return self.source.argv(args + [self.snapshot])
 
+    def estimate(self, snap, base: str | None) -> int | None:
+        """The stream's expected size: `zfs send -nP` where it exists, else a full stream's `referenced`."""
+        try:
+            if self.source.features.send_estimate:
+                args = ["zfs", "send", "-nP"] + (["-i", "@" + base] if base else []) + [self.snapshot]
+                for line in self.source.run(args).stdout.splitlines():
+                    if line.startswith("size"):
+                        return int(line.split()[-1])
+            if base is None:
+                return int(self.source.get_one(snap.full, "referenced"))
+        except (ZfsError, ValueError):
+            pass
+        return None
+
     def properties(self) -> dict:
         return common.backup_properties(self.name, self.p["definition"], self.vm_uuid, self.p["hostname"],
                                         self.disk_id, self.created, self.kind)
@@ -274,10 +293,16 @@ class Backup:
         data.update(extra)
         return data
 
-    def transfer(self, pipeline: Pipeline, capture: bool = False) -> Pipeline:
+    def transfer(self, pipeline: Pipeline, capture: bool = False, total: int | None = None) -> Pipeline:
         self.result["cmd"] = str(pipeline)
+        report = None
+        if self.p["progress_file"] and pipeline.stage("meter") is not None:
+            def report(line: str) -> None:
+                if line.isdigit():
+                    common.write_progress(self.p["progress_file"], int(line), total)
+            common.write_progress(self.p["progress_file"], 0, total)
         try:
-            return pipeline.run(capture=capture)
+            return pipeline.run(capture=capture, on_progress=report, progress_stage="meter")
         except PipelineError as err:
             raise SendFailed("transfer failed: %s" % err, stages=pipeline.report()) from err
 
@@ -345,7 +370,7 @@ class Backup:
             self._made_dataset = target
         else:
             self._made_snapshot = "%s@%s" % (target, self.p["snapshot"])
-        self.transfer(pipeline)
+        self.transfer(pipeline, total=self.estimate(snap, base))
 
         received = "%s@%s" % (target, self.p["snapshot"])
         self._made_snapshot = received
@@ -398,7 +423,7 @@ class Backup:
         os.makedirs(folder, exist_ok=True)
         common.remove_stale_parts(folder)
         self._part = part
-        self.transfer(pipeline, capture=True)
+        self.transfer(pipeline, capture=True, total=self.estimate(snap, None))
 
         checksum = pipeline.stdout.decode().split()[0]
         with open(part, "rb") as handle:
@@ -478,6 +503,7 @@ def main() -> None:
         "destroy_snapshot_on_failure": {"type": "bool", "default": True},
         "prune_source": {"type": "bool", "default": False},
         "target_id": {"type": "str"},
+        "progress_file": {"type": "path"},
     }
     spec.update(node_argument_spec("source"))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
