@@ -31,7 +31,8 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     every = None if args.no_discover else args.discover_every
     server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
-                 size_limit=args.size_limit)
+                 size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
+                 schedule_interval=args.schedule_interval)
     return 0
 
 
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--discover-every", type=float, default=600.0,
                        help="seconds between discoveries of nodes and VMs (default: %(default)s)")
     serve.add_argument("--no-discover", action="store_true", help="do not discover at start or on a schedule")
+    serve.add_argument("--no-scheduler", action="store_true",
+                       help="do not run definitions on their schedules (for a second instance)")
+    serve.add_argument("--schedule-interval", type=float, default=5.0,
+                       help="seconds between checks for due definitions (default: %(default)s)")
+    serve.add_argument("--jobs-per-node", type=int, default=None,
+                       help="run at most this many jobs at once per backup node; queue the rest (default: no limit)")
     serve.add_argument("--size-limit", type=int, default=None,
                        help="refuse new backups (417) once all backups together hold this many bytes")
     serve.set_defaults(func=serve_command)

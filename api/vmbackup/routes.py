@@ -58,7 +58,31 @@ def es_header_names(app: Callable) -> Callable:
     return wsgi
 
 
-def build_app(service: Service, auth: Auth, stream_wait: Callable | None = None) -> bottle.Bottle:
+STREAM_INTERVAL = 3.0
+
+
+def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL) -> bottle.HTTPResponse:
+    """The `ES-STREAM: es` answer: 201 headers at once, a space every few seconds while the job runs,
+    then the final status code on a line of its own and the status JSON."""
+    def body():
+        last = time.monotonic()
+        while True:
+            task = service.store.get_task(task_id)
+            if task is None or task["status"] != "PENDING":
+                break
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                yield b" "
+            time.sleep(0.2)
+        final = status_response(task)
+        yield ("%d\n" % final.status_code).encode() + final.body.encode()
+
+    response = bottle.HTTPResponse(body(), status=201, headers={"es_stream": "es", "es_task_id": task_id})
+    response.content_type = JSON
+    return response
+
+
+def build_app(service: Service, auth: Auth) -> bottle.Bottle:
     """The WSGI application, every route under /api/ with and without a trailing slash."""
     app = bottle.Bottle(autojson=False)
     app.config["vmbackup.service"] = service
@@ -95,8 +119,8 @@ def build_app(service: Service, auth: Auth, stream_wait: Callable | None = None)
     def pending(task_id) -> bottle.HTTPResponse:
         if isinstance(task_id, dict):  # done at once (a LOST backup removed from the records)
             return None
-        if stream_wait and bottle.request.get_header("ES-STREAM") == "es":
-            return stream_wait(task_id)
+        if bottle.request.get_header("ES-STREAM") == "es":
+            return stream(service, task_id)
         return envelope(task_id, "PENDING", None, 201)
 
     def route(path: str, method: str, fn: Callable, public: bool = False) -> None:
@@ -173,8 +197,11 @@ def build_app(service: Service, auth: Auth, stream_wait: Callable | None = None)
 
     def task_detail(user, task_id):
         task = service.visible_task(user, task_id)
-        info = {k: task.get(k) for k in ("view", "method", "hostname", "disk_id", "bkpname", "username",
-                                          "started", "finished", "progress")}
+        info = {k: task.get(k) for k in ("view", "method", "hostname", "disk_id", "bkpname", "define", "username",
+                                          "started", "finished", "queued")}
+        info["status"] = task["status"]
+        if task["status"] == "PENDING":
+            info["progress"] = service.runner.progress(task_id)
         return envelope(task_id, "SUCCESS", info, 200)
 
     def task_status(user, task_id):

@@ -48,6 +48,24 @@ class Runner:
     def data_dir(self, ident: str) -> str:
         return os.path.join(self.runs_dir, ident)
 
+    def progress_file(self, ident: str) -> str:
+        """Where the send module writes bytes sent so far (the playbook passes it on)."""
+        return os.path.join(self.data_dir(ident), "progress.json")
+
+    def progress(self, ident: str) -> dict:
+        """The current step (task name) of a run and, during a transfer, bytes sent and expected."""
+        step = None
+        for event in self.events(ident):
+            if event.get("event") in ("playbook_on_task_start", "runner_on_start"):
+                step = event.get("event_data", {}).get("task") or step
+        progress = {"step": step}
+        try:
+            with open(self.progress_file(ident)) as handle:
+                progress.update(json.load(handle))
+        except (OSError, ValueError):
+            pass
+        return progress
+
     def artifacts(self, ident: str) -> str:
         return os.path.join(self.data_dir(ident), "artifacts", ident)
 

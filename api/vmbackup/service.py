@@ -4,6 +4,7 @@ and their states, and the jobs that carry out backups, restores and deletes thro
 
 from __future__ import annotations
 
+import collections
 import datetime
 import secrets
 import threading
@@ -25,9 +26,10 @@ DEFINITION_ORDER_ALL = ["name", "disk_id", "hostname", "created"]
 DEFINITION_ORDER_VM = ["name", "disk_id", "created"]
 BACKUP_ORDER = ["name", "disk_id", "size", "time", "created"]
 MESSAGES = {"create": "Backup successfully created", "restore": "Backup successfully restored",
-            "delete": "Backup successfully deleted", "delete_many": "Backups successfully deleted"}
+            "delete": "Backup successfully deleted", "delete_many": "Backups successfully deleted",
+            "retention": "Backups successfully pruned"}
 FAILURES = {"create": "Backup failed", "restore": "Restore failed", "delete": "Delete failed",
-            "delete_many": "Delete failed"}
+            "delete_many": "Delete failed", "retention": "Retention failed"}
 
 
 def now() -> datetime.datetime:
@@ -41,14 +43,17 @@ def iso(when: datetime.datetime) -> str:
 class Service:
     """Everything the routes ask for; the routes only translate HTTP to these calls and back."""
 
-    def __init__(self, store: Store, runner: Runner, dc_id: int = 1, size_limit: int | None = None):
+    def __init__(self, store: Store, runner: Runner, dc_id: int = 1, size_limit: int | None = None,
+                 jobs_per_node: int | None = None):
         self.store = store
         self.runner = runner
         self.dc_id = dc_id
         self.size_limit = size_limit
+        self.jobs_per_node = jobs_per_node  # None: no limit; else jobs beyond it wait in a queue
         self._busy: dict[tuple[str, int], str] = {}  # (vm uuid, disk_id) -> task id of the job on it
+        self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
+        self._queue: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._lock = threading.RLock()
-        self.on_backup_created = None  # set by the scheduler: retention after each successful create
 
     # -- identities -----------------------------------------------------------------------------
     def task_id(self, user: dict | None, kind: str, owner_id: int | None = None) -> str:
@@ -187,6 +192,7 @@ class Service:
             "fsfreeze": fields.boolean("fsfreeze", False),
             "created": iso(now()),
         }
+        definition["last_due"] = definition["created"]  # the scheduler's first run is the next due time
         self._check_definition(fields, definition)
         fields.raise_if_any()
         self.store.save_definition(definition)
@@ -224,6 +230,8 @@ class Service:
             "fsfreeze": fields.boolean("fsfreeze", definition["fsfreeze"]),
         }
         updated = dict(definition, **changes)
+        if updated["schedule"] != definition["schedule"]:
+            updated["last_due"] = iso(now())  # the new schedule counts from now, with no catch-up
         self._check_definition(fields, updated)
         fields.raise_if_any()
         self.store.save_definition(updated)
@@ -321,7 +329,7 @@ class Service:
                      "compression": definition["compression"], "bwlimit": definition["bwlimit"] or 0,
                      "fsfreeze": definition["fsfreeze"], "retention": 0}
         self._start(task_id, user, "create", "backup.yml", extravars, vm_uuid=vm["uuid"], hostname=vm["hostname"],
-                    disk_id=disk["disk_id"], bkpname=name, view="vm_backup", method="POST")
+                    disk_id=disk["disk_id"], bkpname=name, define=bkpdef, view="vm_backup", method="POST")
         return task_id
 
     def set_note(self, user: dict, original: str, name: str, data: dict) -> dict:
@@ -438,16 +446,41 @@ class Service:
     def _start(self, task_id: str, user: dict, kind: str, playbook: str, extravars: dict, **task) -> None:
         record = dict(task, task_id=task_id, kind=kind, playbook=playbook, status="PENDING",
                       username=user["username"] if user else "scheduler", user_id=user["id"] if user else 0,
-                      started=iso(now()), result=None)
+                      started=iso(now()), result=None, node=extravars.get("node"), extravars=extravars)
         if "backup_key" in record:
             record["backup_key"] = list(record["backup_key"])
-        self.store.insert_task(record)
+        node = extravars.get("node")
+        with self._lock:
+            queued = self.jobs_per_node is not None and len(self._running[node]) >= self.jobs_per_node
+            record["queued"] = queued
+            self.store.insert_task(record)
+            if queued:
+                self._queue[node].append(task_id)
+                return
+            self._running[node].add(task_id)
+        self._launch(task_id, playbook, extravars)
+
+    def _launch(self, task_id: str, playbook: str, extravars: dict) -> None:
+        extravars = dict(extravars, vmbackup_progress_file=self.runner.progress_file(task_id))
         try:
             pid = self.runner.start(task_id, playbook, extravars, lambda result: self.finish(task_id, result))
         except OSError as err:
             self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
             return
-        self.store.update_task(task_id, {"pid": pid})
+        self.store.update_task(task_id, {"pid": pid, "queued": False, "launched": iso(now())})
+
+    def _next_in_queue(self, node: str | None) -> None:
+        """A job on `node` ended: start the next queued one there, if any."""
+        with self._lock:
+            self._running[node] = {t for t in self._running[node] if self.runner.running(t)}
+            if not self._queue[node] or (self.jobs_per_node is not None
+                                         and len(self._running[node]) >= self.jobs_per_node):
+                return
+            task_id = self._queue[node].popleft()
+            self._running[node].add(task_id)
+        task = self.store.get_task(task_id)
+        if task and task["status"] == "PENDING":
+            self._launch(task_id, task["playbook"], task["extravars"])
 
     def finish(self, task_id: str, run: RunResult) -> None:
         """Apply a finished run to the records, end its task and log it."""
@@ -465,8 +498,40 @@ class Service:
                         "msg": result["message"], "detail": detail, "object_name": task.get("hostname"),
                         "task_type": task_id.split("-")[0]})
         self._release(task_id)
-        if run.ok and kind == "create" and self.on_backup_created:
-            self.on_backup_created(task)
+        with self._lock:
+            self._running[task.get("node")].discard(task_id)
+        self._next_in_queue(task.get("node"))
+        if run.ok and kind == "create":
+            self.start_retention(task)
+
+    def start_retention(self, created: dict) -> str | None:
+        """After a successful create: prune that definition's backups to its retention (an automatic job)."""
+        definition = self.store.get_definition(created["vm_uuid"], created["disk_id"], created.get("define") or "")
+        if definition is None or not definition.get("retention"):
+            return None  # deleted definitions leave their backups; 0 keeps all
+        backups = [b for b in self.store.backups(vm_uuid=created["vm_uuid"])
+                   if b["define"] == definition["name"] and b["disk_id"] == definition["disk_id"]]
+        if sum(1 for b in backups if b["status"] == OK) <= definition["retention"]:
+            return None
+        task_id = self.task_id(None, "a")
+        try:
+            self._claim(created["vm_uuid"], created["disk_id"], task_id)
+        except errors.Conflict:
+            self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
+                            "msg": "Retention postponed", "detail": errors.VM_PENDING,
+                            "object_name": created["hostname"], "task_type": "a"})
+            return None
+        vm = self.store.get_vm(created["vm_uuid"])
+        extravars = {"node": definition["node"], "zpool": definition["zpool"], "vm_uuid": created["vm_uuid"],
+                     "disk_id": created["disk_id"], "type": definition["type"], "bkpdef": definition["name"],
+                     "retention": definition["retention"], "hostname": created["hostname"],
+                     "protect": [b["name"] for b in backups if b["status"] != OK]}
+        if vm:
+            extravars["compute_node"] = vm["node"]
+        self._start(task_id, None, "retention", "prune.yml", extravars, vm_uuid=created["vm_uuid"],
+                    hostname=created["hostname"], disk_id=created["disk_id"], bkpname=None,
+                    define=definition["name"], view="vm_backup", method="DELETE")
+        return task_id
 
     def _apply(self, task: dict, run: RunResult) -> str:
         kind, vm_uuid, disk_id = task["kind"], task["vm_uuid"], task["disk_id"]
@@ -486,6 +551,10 @@ class Service:
             if run.ok:
                 return "name=%s, target_hostname=%s, target_disk_id=%s" % (b_name, task["hostname"], disk_id)
             return run.error or run.status
+        if kind == "retention":
+            destroyed = [n for n in run.result.get("destroyed") or [] if isinstance(n, str)]
+            self.store.delete_backups(vm_uuid, disk_id, destroyed)
+            return "pruned=%s" % ",".join(destroyed) if run.ok else run.error or run.status
         names = task["bkpname"] if isinstance(task["bkpname"], list) else [task["bkpname"]]
         if run.ok:
             self.store.delete_backups(vm_uuid, disk_id, names)
@@ -500,6 +569,10 @@ class Service:
         for task in pending:
             with self._lock:
                 self._busy[(task["vm_uuid"], task["disk_id"])] = task["task_id"]
+                if task.get("queued"):
+                    self._queue[task.get("node")].append(task["task_id"])
+                    continue
+                self._running[task.get("node")].add(task["task_id"])
             self.runner.reattach(task["task_id"], lambda result, t=task["task_id"]: self.finish(t, result))
         return len(pending)
 
@@ -514,7 +587,15 @@ class Service:
         task = self.visible_task(user, task_id)
         if not (user.get("is_admin") or task.get("user_id") == user["id"]):
             raise errors.PermissionDenied()
-        if task["status"] != "PENDING" or not self.runner.cancel(task_id):
+        if task["status"] != "PENDING":
+            raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
+        with self._lock:
+            queue = self._queue[task.get("node")]
+            if task_id in queue:
+                queue.remove(task_id)
+                self.finish(task_id, RunResult("canceled", None, {}, "canceled before it started"))
+                return
+        if not self.runner.cancel(task_id):
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
 
 

@@ -1,0 +1,129 @@
+"""The scheduler: every active definition runs at its cron time (UTC) as an automatic job.
+
+Each definition remembers the last due time it handled (`last_due`, in the store). A tick claims
+the newest due time at or before now under the store's lock before it starts anything, so a due
+time is handled once whatever the number of threads, and a restart does not repeat it; due times
+missed while the service was down collapse into that one newest run. A file lock keeps a second
+service instance on the same data from scheduling too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import logging
+import os
+import threading
+
+from croniter import croniter
+
+from vmbackup import errors
+from vmbackup.service import Service, iso, now
+
+log = logging.getLogger("vmbackup.scheduler")
+SYSTEM_USER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
+
+
+def parse(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.strptime(text.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=datetime.timezone.utc)
+
+
+def latest_due(schedule: str, after: datetime.datetime, until: datetime.datetime) -> datetime.datetime | None:
+    """The newest time the schedule was due in (after, until], or None."""
+    times = croniter(schedule, after)
+    due = None
+    while True:
+        candidate = times.get_next(datetime.datetime)
+        if candidate > until:
+            return due
+        due = candidate
+
+
+class Scheduler:
+    """Ticks every `interval` seconds and starts the definitions that are due."""
+
+    def __init__(self, service: Service, data_dir: str, interval: float = 5.0):
+        self.service = service
+        self.store = service.store
+        self.interval = interval
+        self._lockfile = os.path.join(data_dir, "scheduler.lock")
+        self._stop = threading.Event()
+        self._handle = None
+
+    def acquire(self) -> bool:
+        """Only one scheduler per data dir: the first instance to lock the file."""
+        self._handle = open(self._lockfile, "w")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            self._handle = None
+            return False
+        return True
+
+    def start(self) -> bool:
+        if not self.acquire():
+            log.warning("another instance schedules backups for this data dir; this one will not")
+            return False
+        threading.Thread(target=self._loop, daemon=True, name="scheduler").start()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the scheduler must outlive any one bad definition
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.interval)
+
+    def tick(self, when: datetime.datetime | None = None) -> list[str]:
+        """Start every definition due by `when`; return the task ids started."""
+        when = when or now()
+        started = []
+        for definition in self.store.definitions():
+            if not definition.get("active"):
+                continue
+            due = self.claim(definition, when)
+            if due is None:
+                continue
+            task_id = self.run(definition, due)
+            if task_id:
+                started.append(task_id)
+        return started
+
+    def claim(self, definition: dict, when: datetime.datetime) -> datetime.datetime | None:
+        """Record that the newest due time up to `when` is handled; None if none is due or it was taken."""
+        with self.store.lock:
+            current = self.store.get_definition(definition["vm_uuid"], definition["disk_id"], definition["name"])
+            if current is None or not current.get("active"):
+                return None
+            last = parse(current.get("last_due")) or parse(current.get("created")) or when
+            due = latest_due(current["schedule"], last, when)
+            if due is None:
+                return None
+            self.store.save_definition(dict(current, last_due=iso(due)))
+            return due
+
+    def run(self, definition: dict, due: datetime.datetime) -> str | None:
+        """Start the backup as if an admin had POSTed it; log why if it cannot start."""
+        try:
+            task_id = self.service.create_backup(SYSTEM_USER, definition["vm_uuid"], definition["name"],
+                                                 {"disk_id": definition["disk_id"]}, automatic=True)
+        except (errors.ApiError, errors.ValidationFailed) as err:
+            reason = getattr(err, "detail", None) or str(err)
+            self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
+                            "msg": "Scheduled backup not started", "detail": "%s (due %s)" % (reason, iso(due)),
+                            "object_name": definition["hostname"], "task_type": "a",
+                            "define": definition["name"], "disk_id": definition["disk_id"]})
+            log.warning("%s/%s disk %s due %s not started: %s", definition["hostname"], definition["name"],
+                        definition["disk_id"], iso(due), reason)
+            return None
+        log.info("%s/%s disk %s due %s: task %s", definition["hostname"], definition["name"],
+                 definition["disk_id"], iso(due), task_id)
+        return task_id
