@@ -128,9 +128,9 @@ def test_definition_validation_names_the_fields(env):
     bad = client.post("vm/%s/define/backup/custom" % vm.hostname, node="tb", schedule="61 * * * *",
                       retention="many", desc="<script>", compression=9, zpool="nopool")
     assert bad.status == 400 and {"schedule", "retention", "desc", "compression", "zpool"} <= set(bad.result)
-    assert client.post("vm/%s/define/backup/custom" % vm.hostname, node="tc", schedule="0 4 * * *",
-                       retention=1, zpool=env.lab.backup_pool).result == {"node": ["Object with name=tc does not exist or is not a backup "
-                                                        "node."]}
+    not_backup = client.post("vm/%s/define/backup/custom" % vm.hostname, node="tc", schedule="0 4 * * *",
+                             retention=1, zpool=env.lab.backup_pool)
+    assert not_backup.result == {"node": ["Object with name=tc does not exist or is not a backup node."]}
     assert client.post("vm/%s/define/backup/waytoolongname" % vm.hostname, node="tb").status == 400
     assert client.get("vm/%s/define/backup" % vm.hostname, full="maybe").status == 400
 

@@ -1,4 +1,12 @@
-"""The `vmbackup` command."""
+"""The `vmbackup` command: the lab, the service, users, and the API client in the `es` syntax.
+
+  vmbackup lab up|down|status           the local zfs-fuse lab
+  vmbackup serve                        the REST API
+  vmbackup user add NAME [--admin]      a user (password on stdin)
+  vmbackup discover                     ask the nodes for pools and VMs
+  vmbackup login -username NAME         then: vmbackup get /vm/<host>/backup -full
+  vmbackup get|create|set|delete /PATH [-param value ...] [--wait] [--table] [--url URL]
+"""
 
 from __future__ import annotations
 
@@ -69,7 +77,8 @@ def discover_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     lab = sub.add_parser("lab", help="the local lab: zfs-fuse pools standing in for a compute and a backup node",
@@ -127,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("get", "create", "set", "delete", "login", "logout"):
+        from vmbackup import es
+        return es.main(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,182 @@
+"""Schedules: each due time runs once (threads, restarts), missed runs collapse into one, retention
+keeps exactly N, a node's job limit queues the rest, and a live server fires a definition on its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+from api_env import ADMIN, make_vm, new_env, seed, write_inventory
+from conftest import snapshots
+
+from vmbackup.routes import wait_for
+from vmbackup.scheduler import SYSTEM_USER, Scheduler
+from vmbackup.server import Application
+from vmbackup.service import iso
+
+
+def utc(*args) -> datetime.datetime:
+    return datetime.datetime(*args, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture
+def app(lab):
+    """The service in-process (no HTTP), with the lab's test pools as nodes `tc` and `tb`."""
+    data_dir = tempfile.mkdtemp(prefix="vmbackup-sched-", dir="/var/tmp")
+    inventory = data_dir + "/hosts.yml"
+    write_inventory(inventory, lab)
+    application = Application(data_dir, inventory)
+    for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
+        application.store.upsert_node({"name": name, "roles": roles, "operational": True,
+                                       "pools": {pool: {"free": 10**10}}})
+    yield application
+    for task in application.store.pending_tasks():
+        wait_for(application.service, task["task_id"], timeout=120)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def definition(app, lab, vm, name="hourly", schedule="0 * * * *", last_due=None, **extra) -> dict:
+    created = app.service.create_definition(SYSTEM_USER, vm.hostname, name, dict(
+        {"node": "tb", "zpool": lab.backup_pool, "schedule": schedule, "retention": 0}, **extra))
+    if last_due:
+        stored = app.store.get_definition(vm.uuid, 1, name)
+        app.store.save_definition(dict(stored, last_due=iso(last_due)))
+    return created
+
+
+def test_a_due_time_runs_once_whatever_the_number_of_threads(app, lab):
+    vm = make_vm(lab, "sched")
+    seed(app.store, lab, vm)
+    definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30))
+    when = utc(2026, 11, 28, 10, 0, 5)
+    schedulers = [Scheduler(app.service, app.data_dir) for _ in range(4)]
+    started: list[str] = []
+    threads = [threading.Thread(target=lambda s=s: started.extend(s.tick(when))) for s in schedulers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(started) == 1
+    assert Scheduler(app.service, app.data_dir).tick(when + datetime.timedelta(seconds=30)) == []
+    task = wait_for(app.service, started[0], timeout=120)
+    assert task["status"] == "SUCCESS" and started[0].startswith("0a0d1-")  # an automatic job
+    assert len(app.store.backups(vm_uuid=vm.uuid)) == 1
+
+
+def test_a_restart_does_not_run_a_due_time_again(app, lab):
+    vm = make_vm(lab, "restart")
+    seed(app.store, lab, vm)
+    definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30))
+    when = utc(2026, 11, 28, 10, 0, 5)
+    first = Scheduler(app.service, app.data_dir).tick(when)
+    assert len(first) == 1
+    wait_for(app.service, first[0], timeout=120)
+    restarted = Application(app.data_dir, app.inventory)  # a new process reading the same records
+    assert Scheduler(restarted.service, restarted.data_dir).tick(when) == []
+
+
+def test_missed_runs_collapse_into_one_catch_up_run(app, lab):
+    vm = make_vm(lab, "missed")
+    seed(app.store, lab, vm)
+    definition(app, lab, vm, schedule="*/5 * * * *", last_due=utc(2026, 11, 28, 6, 0))  # 4 hours of runs missed
+    started = Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 2))
+    assert len(started) == 1
+    assert app.store.get_definition(vm.uuid, 1, "hourly")["last_due"].startswith("2026-11-28T10:00:00")
+    wait_for(app.service, started[0], timeout=120)
+
+
+def test_a_run_that_cannot_start_is_logged_with_the_reason(app, lab):
+    vm = make_vm(lab, "cannot")
+    seed(app.store, lab, vm, state="unknown")
+    app.store.save_definition({"hostname": vm.hostname, "vm_uuid": vm.uuid, "name": "hourly", "disk_id": 1,
+                               "type": 1, "node": "tb", "zpool": lab.backup_pool, "schedule": "0 * * * *",
+                               "retention": 0, "active": True, "compression": 0, "bwlimit": None, "desc": "",
+                               "fsfreeze": False, "created": "2026-11-28T09:00:00.000Z",
+                               "last_due": "2026-11-28T09:00:00.000Z"})
+    assert Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 1)) == []
+    log = [e for e in app.store.task_log() if e["object_name"] == vm.hostname]
+    assert log and log[0]["msg"] == "Scheduled backup not started" and "VM is not operational" in log[0]["detail"]
+
+
+def test_inactive_and_changed_definitions_take_effect_at_once(app, lab):
+    vm = make_vm(lab, "change")
+    seed(app.store, lab, vm)
+    definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30), active=False)
+    assert Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 5)) == []
+    app.service.update_definition(SYSTEM_USER, vm.hostname, "hourly", {"active": True, "schedule": "0 0 1 1 *"})
+    assert Scheduler(app.service, app.data_dir).tick() == []  # the new schedule counts from now
+    app.service.delete_definition(SYSTEM_USER, vm.hostname, "hourly", {})
+    assert Scheduler(app.service, app.data_dir).tick() == []
+
+
+def test_retention_keeps_exactly_n_and_the_next_incremental_works(app, lab):
+    vm = make_vm(lab, "keep")
+    seed(app.store, lab, vm)
+    definition(app, lab, vm, name="keep2", retention=2)
+    for _ in range(4):
+        task_id = app.service.create_backup(SYSTEM_USER, vm.hostname, "keep2", {})
+        assert wait_for(app.service, task_id, timeout=120)["status"] == "SUCCESS"
+        for task in app.store.pending_tasks():  # the retention job
+            assert wait_for(app.service, task["task_id"], timeout=120)["status"] == "SUCCESS"
+        time.sleep(1.1)
+    kept = sorted(b["name"] for b in app.store.backups(vm_uuid=vm.uuid))
+    assert len(kept) == 2
+    target = "%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)
+    assert snapshots(target) == kept
+    lab.write_data(vm.disk(lab.compute_pool, 0), "after.bin", 1)
+    task_id = app.service.create_backup(SYSTEM_USER, vm.hostname, "keep2", {})
+    assert wait_for(app.service, task_id, timeout=120)["status"] == "SUCCESS"
+    newest = max(app.store.backups(vm_uuid=vm.uuid), key=lambda b: b["created"])
+    assert 2**20 <= newest["size"] < 2 * 2**20  # incremental: only the new MiB went over
+
+
+def test_a_node_job_limit_queues_the_rest(app, lab):
+    app.service.jobs_per_node = 1
+    first, second = make_vm(lab, "q1"), make_vm(lab, "q2")
+    for vm in (first, second):
+        seed(app.store, lab, vm)
+        definition(app, lab, vm, name="q", bwlimit=2000000)
+    one = app.service.create_backup(SYSTEM_USER, first.hostname, "q", {})
+    two = app.service.create_backup(SYSTEM_USER, second.hostname, "q", {})
+    assert app.store.get_task(two)["queued"] is True and app.store.get_task(one)["queued"] is False
+    assert wait_for(app.service, one, timeout=120)["status"] == "SUCCESS"
+    assert wait_for(app.service, two, timeout=120)["status"] == "SUCCESS"
+    assert app.store.get_task(one)["finished"] <= app.store.get_task(two)["launched"]
+
+
+def test_a_live_server_runs_a_definition_due_next_minute_on_its_own(lab):
+    env = new_env(lab)
+    vm = make_vm(lab, "live")
+    from vmbackup.store import Store
+    store = Store(env.data_dir)
+    for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
+        store.upsert_node({"name": name, "roles": roles, "operational": True, "pools": {pool: {"free": 10**10}}})
+    seed(store, lab, vm)
+    del store
+    env.add_user(*ADMIN, admin=True)
+    env.serve_args = ["--no-discover", "--schedule-interval", "1"]
+    env.start()
+    try:
+        client = env.client()
+        due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+        schedule = "%d %d * * *" % (due.minute, due.hour)
+        assert client.post("vm/%s/define/backup/nightly" % vm.hostname, node="tb", zpool=lab.backup_pool,
+                           schedule=schedule, retention=1).status == 201
+        deadline = time.monotonic() + 150
+        backups = []
+        while time.monotonic() < deadline:
+            backups = client.get("vm/%s/backup" % vm.hostname, full=True).result
+            if backups and backups[0]["status"] == 1:
+                break
+            time.sleep(2)
+        assert len(backups) == 1 and backups[0]["status"] == 1 and backups[0]["define"] == "nightly"
+        time.sleep(3)
+        assert len(client.get("vm/%s/backup" % vm.hostname).result) == 1  # once
+    finally:
+        env.stop()
+        shutil.rmtree(env.data_dir, ignore_errors=True)
