@@ -180,3 +180,22 @@ def test_a_live_server_runs_a_definition_due_next_minute_on_its_own(lab):
     finally:
         env.stop()
         shutil.rmtree(env.data_dir, ignore_errors=True)
+
+
+def test_definitions_due_together_run_as_one_batch_per_backup_node(app, lab):
+    from conftest import destroy
+    vms = [make_vm(lab, "batch%d" % i) for i in range(3)]
+    for vm in vms:
+        seed(app.store, lab, vm)
+        definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30))
+    destroy(vms[2].disk(lab.compute_pool, 0))  # this one will fail; the others must not
+    started = Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 5))
+    assert len(started) == 1  # one run for the backup node tb
+    task = wait_for(app.service, started[0], timeout=180)
+    assert task["status"] == "SUCCESS" and "made=2, failed=1" in task["result"]["detail"], task["result"]["detail"]
+    for vm in vms[:2]:
+        (backup,) = app.store.backups(vm_uuid=vm.uuid)
+        assert backup["status"] == 1 and backup["size"] > 4 * 2**20
+        assert snapshots("%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)) == [backup["name"]]
+    assert app.store.backups(vm_uuid=vms[2].uuid) == []
+    assert not app.service.busy(vms[0].uuid, 1)  # every disk is free again

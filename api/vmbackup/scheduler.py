@@ -83,18 +83,28 @@ class Scheduler:
             self._stop.wait(self.interval)
 
     def tick(self, when: datetime.datetime | None = None) -> list[str]:
-        """Start every definition due by `when`; return the task ids started."""
+        """Start every definition due by `when`; return the task ids started.
+
+        Definitions due together go to their backup node in one batch run (Ansible starts once).
+        """
         when = when or now()
-        started = []
+        due = []
         for definition in self.store.definitions():
-            if not definition.get("active"):
-                continue
-            due = self.claim(definition, when)
-            if due is None:
-                continue
-            task_id = self.run(definition, due)
-            if task_id:
-                started.append(task_id)
+            if definition.get("active"):
+                due_time = self.claim(definition, when)
+                if due_time is not None:
+                    due.append((definition, due_time))
+        if len(due) == 1:
+            task_id = self.run(*due[0])
+            return [task_id] if task_id else []
+        if not due:
+            return []
+        started, refused = self.service.create_batch([d for d, _ in due])
+        due_times = {(d["vm_uuid"], d["disk_id"], d["name"]): t for d, t in due}
+        for definition, reason in refused:
+            self.refused(definition, due_times[(definition["vm_uuid"], definition["disk_id"],
+                                                definition["name"])], reason)
+        log.info("%d definitions due: %d batch run(s), %d not started", len(due), len(started), len(refused))
         return started
 
     def claim(self, definition: dict, when: datetime.datetime) -> datetime.datetime | None:
@@ -110,19 +120,22 @@ class Scheduler:
             self.store.save_definition(dict(current, last_due=iso(due)))
             return due
 
+    def refused(self, definition: dict, due: datetime.datetime, reason: str) -> None:
+        """Write to the task log why a due backup did not start."""
+        self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
+                        "msg": "Scheduled backup not started", "detail": "%s (due %s)" % (reason, iso(due)),
+                        "object_name": definition["hostname"], "task_type": "a",
+                        "define": definition["name"], "disk_id": definition["disk_id"]})
+        log.warning("%s/%s disk %s due %s not started: %s", definition["hostname"], definition["name"],
+                    definition["disk_id"], iso(due), reason)
+
     def run(self, definition: dict, due: datetime.datetime) -> str | None:
         """Start the backup as if an admin had POSTed it; log why if it cannot start."""
         try:
             task_id = self.service.create_backup(SYSTEM_USER, definition["vm_uuid"], definition["name"],
                                                  {"disk_id": definition["disk_id"]}, automatic=True)
         except (errors.ApiError, errors.ValidationFailed) as err:
-            reason = getattr(err, "detail", None) or str(err)
-            self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
-                            "msg": "Scheduled backup not started", "detail": "%s (due %s)" % (reason, iso(due)),
-                            "object_name": definition["hostname"], "task_type": "a",
-                            "define": definition["name"], "disk_id": definition["disk_id"]})
-            log.warning("%s/%s disk %s due %s not started: %s", definition["hostname"], definition["name"],
-                        definition["disk_id"], iso(due), reason)
+            self.refused(definition, due, getattr(err, "detail", None) or str(err))
             return None
         log.info("%s/%s disk %s due %s: task %s", definition["hostname"], definition["name"],
                  definition["disk_id"], iso(due), task_id)
