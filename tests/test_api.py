@@ -6,6 +6,7 @@ the lab cannot show, like a locked VM, are recorded directly and say so).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -47,6 +48,7 @@ def env(lab):
     env.start()
     yield env
     env.stop()
+    shutil.rmtree(env.data_dir, ignore_errors=True)
 
 
 def define(client: Client, vm, name: str = "daily", **data) -> dict:
@@ -366,6 +368,7 @@ def test_size_limit_refuses_new_backups(env, lab):
         assert client.post("vm/%s/backup/limit" % vm.hostname).body == {"detail": "DC backup size limit reached"}
     finally:
         other.stop()
+        shutil.rmtree(other.data_dir, ignore_errors=True)
 
 
 def test_a_restart_during_a_job_finds_the_job_again(env):

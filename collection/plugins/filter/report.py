@@ -10,9 +10,9 @@ name: batch_report
 short_description: One result per backup from the looped results of a batch backup
 description:
   - Takes the registered results of a C(vmbackup.zfs.send) task looped over the results of a
-    C(vmbackup.zfs.snapshot) task looped over the backups, and returns
-    C({"<vm_uuid>:<disk_id>:<bkpname>": {ok, size, time, file_path, checksum, incremental, msg}}),
-    since backups of several disks due at once share a name.
+    C(vmbackup.zfs.snapshot) task looped over the backups, and returns a dict keyed by
+    C(<vm_uuid>:<disk_id>:<bkpname>) (backups of several disks due at once share a name) whose values
+    hold C(ok), C(size), C(time), C(file_path), C(checksum), C(incremental) and C(msg).
 positional: _input
 options:
   _input:
