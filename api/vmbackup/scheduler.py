@@ -52,6 +52,7 @@ class Scheduler:
         self._lockfile = os.path.join(data_dir, "scheduler.lock")
         self._stop = threading.Event()
         self._handle = None
+        self._next: dict[tuple, tuple] = {}  # definition key -> ((schedule, last_due), next due time)
 
     def acquire(self) -> bool:
         """Only one scheduler per data dir: the first instance to lock the file."""
@@ -90,7 +91,7 @@ class Scheduler:
         when = when or now()
         due = []
         for definition in self.store.definitions():
-            if definition.get("active"):
+            if definition.get("active") and self.next_due(definition) <= when:
                 due_time = self.claim(definition, when)
                 if due_time is not None:
                     due.append((definition, due_time))
@@ -106,6 +107,17 @@ class Scheduler:
                                                 definition["name"])], reason)
         log.info("%d definitions due: %d batch run(s), %d not started", len(due), len(started), len(refused))
         return started
+
+    def next_due(self, definition: dict) -> datetime.datetime:
+        """When a definition is next due, computed once per (schedule, last_due): ticks stay cheap."""
+        key = (definition["vm_uuid"], definition["disk_id"], definition["name"])
+        basis = (definition["schedule"], definition.get("last_due") or definition.get("created"))
+        cached = self._next.get(key)
+        if cached is None or cached[0] != basis:
+            start = parse(basis[1]) or now()
+            cached = (basis, croniter(definition["schedule"], start).get_next(datetime.datetime))
+            self._next[key] = cached
+        return cached[1]
 
     def claim(self, definition: dict, when: datetime.datetime) -> datetime.datetime | None:
         """Record that the newest due time up to `when` is handled; None if none is due or it was taken."""

@@ -244,9 +244,14 @@ class Service:
         self.store.delete_definition(vm["uuid"], disk["disk_id"], name)
 
     # -- backups: reading -----------------------------------------------------------------------
-    def backup_view(self, backup: dict) -> dict:
+    def backup_view(self, backup: dict, hostnames: dict | None = None) -> dict:
+        """The API's backup object; `hostnames` caches the current hostname of each VM in a list."""
         view = {k: backup.get(k) for k in BACKUP_FIELDS}
-        view["vm"] = self.store.current_hostname(backup["vm_uuid"])
+        if hostnames is None:
+            hostnames = {}
+        if backup["vm_uuid"] not in hostnames:
+            hostnames[backup["vm_uuid"]] = self.store.current_hostname(backup["vm_uuid"])
+        view["vm"] = hostnames[backup["vm_uuid"]]
         if backup.get("type") == TYPE_FILE:
             view["checksum"] = backup.get("checksum")
         return view
@@ -264,7 +269,10 @@ class Service:
         if params.get("define") not in (None, ""):
             found = [b for b in found if b["define"] == params["define"]]
         found = validation.sort(found, keys)
-        return [self.backup_view(b) for b in found] if full else [b["name"] for b in found]
+        if not full:
+            return [b["name"] for b in found]
+        hostnames: dict = {}
+        return [self.backup_view(b, hostnames) for b in found]
 
     def find_backup(self, user: dict, original: str, name: str, disk_id) -> dict:
         disk_id = self.disk_id_param(disk_id)

@@ -8,7 +8,6 @@ crash leaves the old file or the new one. One lock serialises every read and wri
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import os
@@ -29,17 +28,25 @@ class AtomicJSONStorage(Storage):
         self.path = path
         self._data: dict | None = None
 
-    def read(self) -> dict | None:
+    def peek(self) -> dict:
+        """The cached data itself, for readers that copy what they return (no copy here)."""
         if self._data is None and os.path.exists(self.path):
             with open(self.path) as handle:
                 self._data = json.load(handle)
-        # TinyDB edits what it reads before writing it back; a failed write must not leave edits here.
-        return copy.deepcopy(self._data)
+        return self._data or {}
+
+    def read(self) -> dict | None:
+        data = self.peek()
+        if self._data is None:
+            return None
+        # TinyDB edits the documents it reads (top-level fields only) before writing them back; a failed
+        # write must not leave those edits in the cache. Copying two levels deep is enough for that.
+        return {table: {doc_id: dict(doc) for doc_id, doc in docs.items()} for table, docs in data.items()}
 
     def write(self, data: dict) -> None:
         tmp = "%s.tmp-%d-%d" % (self.path, os.getpid(), threading.get_ident())
         with open(tmp, "w") as handle:
-            json.dump(data, handle, separators=(",", ":"))
+            handle.write(json.dumps(data, separators=(",", ":")))  # dumps: the C encoder
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
@@ -47,6 +54,11 @@ class AtomicJSONStorage(Storage):
 
     def close(self) -> None:
         pass
+
+
+def docs(db: TinyDB, table: str) -> list[Doc]:
+    """A table's documents as copies, read from the storage's cache without copying the whole file."""
+    return [dict(doc) for doc in db.storage.peek().get(table, {}).values()]
 
 
 def _open(path: str) -> TinyDB:
@@ -81,10 +93,10 @@ class Store:
             if name.endswith(".json"):
                 uuid = name[:-5]
                 db = self._vms[uuid] = _open(os.path.join(folder, name))
-                for vm in db.table("vm").all():
+                for vm in docs(db, "vm"):
                     if not vm.get("deleted"):
                         self._hostnames[vm["hostname"]] = uuid
-                for backup in db.table("backups").all():
+                for backup in docs(db, "backups"):
                     self._backup_hosts.setdefault(backup["hostname"], set()).add(uuid)
         tasks = os.path.join(self.data_dir, "tasks")
         os.makedirs(tasks, exist_ok=True)
@@ -127,7 +139,7 @@ class Store:
             db = self._partition(uuid)
             if db is None:
                 return None
-            vm = db.table("vm").get(doc_id=1)
+            vm = db.storage.peek().get("vm", {}).get("1")
             return None if vm is None or vm.get("deleted") else dict(vm)
 
     def vms(self) -> list[Doc]:
@@ -170,7 +182,7 @@ class Store:
             for uuid in [vm_uuid] if vm_uuid else list(self._vms):
                 db = self._partition(uuid)
                 if db is not None and uuid in current:
-                    found.extend(dict(d) for d in db.table("definitions").all())
+                    found.extend(docs(db, "definitions"))
             return found
 
     def get_definition(self, vm_uuid: str, disk_id: int, name: str) -> Doc | None:
@@ -178,16 +190,19 @@ class Store:
             db = self._partition(vm_uuid)
             if db is None:
                 return None
-            q = Query()
-            found = db.table("definitions").get((q.disk_id == disk_id) & (q.name == name))
-            return dict(found) if found else None
+            return next((d for d in docs(db, "definitions") if d["disk_id"] == disk_id and d["name"] == name), None)
 
     def save_definition(self, definition: Doc) -> None:
         with self.lock:
             db = self._partition(definition["vm_uuid"], create=True)
             q = Query()
-            db.table("definitions").upsert(definition, (q.disk_id == definition["disk_id"]) &
-                                           (q.name == definition["name"]))
+            where = (q.disk_id == definition["disk_id"]) & (q.name == definition["name"])
+            table = db.table("definitions")
+            # One write either way (TinyDB's upsert writes twice when it inserts).
+            if self.get_definition(definition["vm_uuid"], definition["disk_id"], definition["name"]) is None:
+                table.insert(definition)
+            else:
+                table.update(definition, where)
 
     def delete_definition(self, vm_uuid: str, disk_id: int, name: str) -> None:
         with self.lock:
@@ -209,9 +224,9 @@ class Store:
                 db = self._partition(uuid)
                 if db is None:
                     continue
-                for backup in db.table("backups").all():
+                for backup in docs(db, "backups"):
                     if original is None or vm_uuid or original in (backup["hostname"], backup["vm_uuid"]):
-                        found.append(dict(backup))
+                        found.append(backup)
             return found
 
     def get_backup(self, vm_uuid: str, disk_id: int, name: str) -> Doc | None:
@@ -219,9 +234,7 @@ class Store:
             db = self._partition(vm_uuid)
             if db is None:
                 return None
-            q = Query()
-            found = db.table("backups").get((q.disk_id == disk_id) & (q.name == name))
-            return dict(found) if found else None
+            return next((b for b in docs(db, "backups") if b["disk_id"] == disk_id and b["name"] == name), None)
 
     def insert_backup(self, backup: Doc) -> None:
         with self.lock:
@@ -242,7 +255,8 @@ class Store:
 
     def total_backup_size(self) -> int:
         with self.lock:
-            return sum(int(b.get("size") or 0) for uuid in self._vms for b in self._vms[uuid].table("backups"))
+            return sum(int(b.get("size") or 0) for db in self._vms.values()
+                       for b in db.storage.peek().get("backups", {}).values())
 
     # -- users and tokens -----------------------------------------------------------------------
     def get_user(self, username: str) -> Doc | None:

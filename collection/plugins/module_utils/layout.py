@@ -149,3 +149,48 @@ def compression_of_file(path: str) -> str:
         return "none"
     raise ValueError("'%s' is not a backup file (expected .zfs with an optional %s)"
                      % (path, ", ".join(e["ext"] for e in COMPRESSION.values() if e["ext"])))
+
+
+# -- restore, prune and listing ----------------------------------------------------------------
+# send.py keeps a backup dataset whose chain broke aside as `<target>-aside-<time>`; its snapshots
+# are still backups of that disk, so listing, restore and prune look there too.
+DATASET_ASIDE_MARK = "-aside-"
+# A restore keeps the target disk aside as `<target>-restore-<time>` until the new one is complete.
+RESTORE_ASIDE_MARK = "-restore-"
+# `<uuid>-disk<N>` or `<uuid>-disk<N>-aside-<time>`: the leaf of a dataset under <zpool>/backups/ds.
+BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>\d+)(?P<aside>%s.+)?$"
+                                    % re.escape(DATASET_ASIDE_MARK))
+# `<bkpname>-full.zfs[.ext]`: a file backup, named by file_backup_name().
+BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?$")
+# Native properties a restore carries over from the old disk to the new one, where set locally, in
+# this order (the size before the reservations that depend on it). User properties (with a colon,
+# such as vmbackup:hostname) are carried over too. volblocksize is fixed at creation: only compared.
+RESTORE_PROPERTIES = ("volsize", "quota", "refquota", "reservation", "refreservation", "recordsize",
+                      "compression", "checksum", "copies", "atime", "primarycache", "secondarycache",
+                      "logbias", "sync", "snapdir", "readonly", "zoned", "mountpoint", "canmount")
+
+
+def dataset_backup_root(zpool: str) -> str:
+    """The dataset under which every VM disk's backup dataset (and those kept aside) lives."""
+    return "%s/backups/ds" % zpool
+
+
+def backup_dataset_leaf(leaf: str) -> tuple[str, int, bool] | None:
+    """(vm uuid, 0-based disk, kept aside?) of a dataset under dataset_backup_root(), or None."""
+    match = BACKUP_DATASET_LEAF_RE.match(leaf)
+    if not match:
+        return None
+    return match.group("uuid").lower(), int(match.group("disk")), match.group("aside") is not None
+
+
+def backup_of_file(filename: str) -> str | None:
+    """The backup name of a file backup's file name (`<bkpname>-full.zfs[.ext]`), or None."""
+    match = BACKUP_FILE_RE.match(filename)
+    if not match or not any(e["ext"] == (match.group("ext") or "") for e in COMPRESSION.values()):
+        return None
+    return match.group("backup")
+
+
+def restore_aside_name(target: str, stamp: str) -> str:
+    """Where a restore keeps the target disk while the backup is received in its place."""
+    return "%s%s%s" % (target, RESTORE_ASIDE_MARK, stamp)

@@ -276,3 +276,52 @@ def check_host(module, option: str, value: str | None) -> None:
     """Refuse a host name that ssh could read as an option."""
     if value and (value.startswith("-") or any(c.isspace() for c in value)):
         module.fail_json(msg="%s: '%s' is not a host name" % (option, value), option=option)
+
+
+# -- restore, prune and listing ----------------------------------------------------------------
+import time  # noqa: E402
+
+
+def dataset_exists(node: Node, name: str) -> bool:
+    """Whether `name` exists; raise ZfsError when the node cannot tell (ssh down), never guess False."""
+    proc = node.run(["zfs", "list", "-H", "-o", "name", name], check=False)
+    if proc.returncode == 0:
+        return True
+    if "does not exist" in proc.stderr:
+        return False
+    raise ZfsError(["zfs", "list", "-H", "-o", "name", name], proc.returncode, proc.stderr)
+
+
+def snapshots_below(node: Node, root: str, properties: tuple[str, ...] = ()) -> list[Snapshot]:
+    """Every snapshot of `root` and the datasets below it, oldest first, read with one `zfs get -r`."""
+    props = ["guid", "createtxg", "creation"] + list(properties)
+    out = node.zfs("get", "-Hp", "-r", "-o", "name,property,value", ",".join(props), root)
+    values: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        name, prop, value = line.split("\t", 2)
+        if "@" in name:
+            values.setdefault(name, {})[prop] = value
+    snaps = []
+    for full, v in values.items():
+        dataset, name = full.split("@", 1)
+        snaps.append(Snapshot(dataset, name, v.get("guid", ""), int(v.get("createtxg", 0) or 0),
+                              int(v.get("creation", 0) or 0), {p: v.get(p, "-") for p in properties}))
+    return sorted(snaps, key=lambda s: s.createtxg)
+
+
+def local_properties(node: Node, name: str) -> dict[str, str]:
+    """The properties set on `name` itself (source `local`), exact values: what a copy must be given."""
+    out = node.zfs("get", "-Hp", "-s", "local", "-o", "property,value", "all", name)
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def retry_busy(action, attempts: int = 20, delay: float = 0.5):
+    """Call `action()` until zfs stops calling the dataset busy: zfs-fuse does for a while after I/O,
+    a mount or an interrupted receive. Other errors, and the last busy one, are raised."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except ZfsError as err:
+            if "busy" not in err.stderr or attempt == attempts - 1:
+                raise
+            time.sleep(delay)

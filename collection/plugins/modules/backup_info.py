@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmbackup developers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_info
+short_description: List the backups on this backup node, from the nodes' own records
+description:
+  - Lists the backups in a pool of the node it runs on, read from what the node holds, without any other record
+    (the API's C(discover) rebuilds its index from it).
+  - Dataset backups are the snapshots below C(<zpool>/backups/ds), described by their C(vmbackup:*) user properties
+    and their manifests; backup datasets that M(vmbackup.zfs.send) kept aside after a broken chain are included.
+  - File backups are the files C(<zpool>/backups/file/<vm_uuid>/disk<N>/<backup>-full.zfs[.ext]) with their
+    manifests (C(<file>.json)) beside them.
+  - Something that is only half there (a file without its manifest, a manifest without its file or snapshot, a
+    snapshot without vmbackup properties) is listed with a C(problem) that says what is wrong.
+  - Never changes anything.
+version_added: "0.1.0"
+author: vmbackup developers
+options:
+  zpool:
+    description: The pool on this backup node to list.
+    type: str
+    required: true
+  vm_uuid:
+    description: List only the backups of this VM.
+    type: str
+  disk_id:
+    description: List only the backups of this disk (the API's 1-based I(disk_id)).
+    type: int
+  definition:
+    description: List only the backups made by this backup definition.
+    type: str
+  type:
+    description: List only dataset (C(dataset) or C(1)) or file (C(file) or C(2)) backups.
+    type: str
+    choices: [dataset, file, "1", "2"]
+notes:
+  - Supports check mode (it changes nothing either way).
+"""
+
+EXAMPLES = r"""
+- name: Every backup on the backup node's pool
+  vmbackup.zfs.backup_info:
+    zpool: zones
+  register: found
+
+- name: The daily file backups of disk 1 of one VM
+  vmbackup.zfs.backup_info:
+    zpool: backup
+    vm_uuid: 9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a
+    disk_id: 1
+    definition: daily
+    type: file
+"""
+
+RETURN = r"""
+backups:
+  description: The backups, oldest first within each type (dataset backups, then file backups).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The backup's name.
+      type: str
+      sample: daily-20261128_040000
+    vm_uuid:
+      description: The uuid of the VM it was made of.
+      type: str
+    hostname:
+      description: The VM's hostname at backup time (null if not recorded).
+      type: str
+    disk_id:
+      description: The API's 1-based disk number.
+      type: int
+    disk:
+      description: The 0-based disk number, as in C(<vm_uuid>-disk<N>).
+      type: int
+    definition:
+      description: The backup definition that made it (null if not recorded).
+      type: str
+    created:
+      description: When it was made, ISO 8601 UTC.
+      type: str
+      sample: "2026-11-28T04:00:03.123456Z"
+    size:
+      description: Bytes sent when it was made (dataset backups, from the manifest, else the snapshot's
+        C(referenced)), or the file's size.
+      type: int
+    type:
+      description: C(dataset) or C(file).
+      type: str
+    path:
+      description: The snapshot's full name, or the file's path.
+      type: str
+    checksum:
+      description: sha256 of the file, from its manifest (file backups).
+      type: str
+    manifest:
+      description: The manifest's path, or null when there is none.
+      type: str
+    problem:
+      description: What is wrong with it, or null.
+      type: str
+    dataset:
+      description: The backup dataset holding the snapshot (dataset backups).
+      type: str
+    guid:
+      description: The snapshot's guid, the same as the source snapshot it was sent from (dataset backups).
+      type: str
+    kept_aside:
+      description: Whether the snapshot lives in a backup dataset kept aside after a broken chain.
+      type: bool
+    compression:
+      description: The file's compression (file backups).
+      type: str
+count:
+  description: The number of backups listed.
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError, check_names, dataset_exists
+
+
+def wanted(item: dict, p: dict) -> bool:
+    """Whether a backup passes the module's filters."""
+    return ((not p["vm_uuid"] or item["vm_uuid"] == p["vm_uuid"].lower())
+            and (p["disk_id"] is None or item["disk_id"] == p["disk_id"])
+            and (not p["definition"] or item["definition"] == p["definition"]))
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "zpool": {"type": "str", "required": True},
+            "vm_uuid": {"type": "str"},
+            "disk_id": {"type": "int"},
+            "definition": {"type": "str"},
+            "type": {"type": "str", "choices": ["dataset", "file", "1", "2"]},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    check_names(module, pools={"zpool": p["zpool"]})
+    kind = {"1": "dataset", "2": "file"}.get(p["type"], p["type"])
+    node = Node()
+    items = []
+    try:
+        if not dataset_exists(node, p["zpool"]):
+            module.fail_json(msg="zpool: %s does not exist on this node" % p["zpool"])
+        if kind in (None, "dataset"):
+            items += common.dataset_backups(node, p["zpool"])
+        if kind in (None, "file"):
+            if dataset_exists(node, layout.file_backup_root(p["zpool"])) and \
+                    common.mounted_at(node, layout.file_backup_root(p["zpool"])) is None:
+                module.warn("%s is not mounted: its file backups are not listed" % layout.file_backup_root(p["zpool"]))
+            items += common.file_backups(node, p["zpool"])
+    except (ZfsError, OSError) as err:
+        module.fail_json(msg=str(err))
+    backups = [item for item in items if wanted(item, p)]
+    module.exit_json(changed=False, backups=backups, count=len(backups))
+
+
+if __name__ == "__main__":
+    main()

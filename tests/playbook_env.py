@@ -1,0 +1,49 @@
+"""Running the playbooks against the test lab: an inventory of its nodes, and what a run reported."""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+from ansible_run import run_playbook
+
+COMPUTE, BACKUP = "lab-compute", "lab-backup"
+
+
+def lab_inventory(lab, tmp_path, name: str = "hosts.yml", **compute_vars) -> str:
+    """The lab as an inventory: compute node lab-compute (pool <tag>zones), backup node lab-backup (<tag>bkp)."""
+    compute = {"vmbackup_pool": lab.compute_pool, "vmbackup_backend": "zfs"}
+    compute.update(compute_vars)
+    data = {"all": {
+        "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+        "children": {"compute": {"hosts": {COMPUTE: compute}},
+                     "backup": {"hosts": {BACKUP: {"vmbackup_zpool": lab.backup_pool}}}}}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+class Run:
+    """One playbook run: its status, its vmbackup_result, its failure messages, its task counts."""
+
+    def __init__(self, playbook: str, extravars: dict, inventory: str):
+        self.runner = run_playbook(playbook, extravars, inventory=inventory)
+        self.status = self.runner.status
+        self.result: dict = {}
+        self.failures: list[tuple[str, str]] = []
+        self.changed = 0
+        for event in self.runner.events:
+            data = event.get("event_data", {})
+            if event.get("event") == "playbook_on_stats":
+                self.result = (data.get("artifact_data") or {}).get("vmbackup_result") or {}
+                self.changed = sum((data.get("changed") or {}).values())
+            elif event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+                self.failures.append((data.get("task", ""), str(data["res"].get("msg"))))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+    def __repr__(self) -> str:
+        return "<%s %s failures=%s result=%s>" % (self.runner.config.playbook, self.status, self.failures,
+                                                  self.result)

@@ -1,0 +1,294 @@
+"""The playbooks, run for real with ansible-playbook (through ansible-runner) on the test lab's pools: what
+operators, AWX and the API run. Each ends with one vmbackup_result; bad variables are refused by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import dataset_checksums, exists, snapshots, zfs
+from playbook_env import BACKUP, COMPUTE, Run, lab_inventory
+
+from vmbackup.lab import new_vm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def inventory(lab, tmp_path):
+    return lab_inventory(lab, tmp_path)
+
+
+def backup(inventory: str, vm, bkpname: str | None = None, **extra) -> Run:
+    extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily"}
+    if bkpname:
+        extravars["bkpname"] = bkpname
+    extravars.update(extra)
+    return Run("backup.yml", extravars, inventory)
+
+
+def restore(inventory: str, vm, bkpname: str, target=None, **extra) -> Run:
+    target = target or vm
+    extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpname": bkpname, "target_hostname": target.hostname,
+                 "target_disk_id": 1}
+    extravars.update(extra)
+    return Run("restore.yml", extravars, inventory)
+
+
+def backup_target(lab, vm) -> str:
+    return "%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)
+
+
+# -- the whole chain --------------------------------------------------------------------------------------
+def test_backup_change_backup_restore_gives_back_each_backups_data(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    at_first = dataset_checksums(disk)
+    first = backup(inventory, vm, "daily-20261128_010000")
+    assert first.ok, first
+    assert first.result["ok"] is True and first.result["name"] == "daily-20261128_010000"
+    assert first.result["incremental"] is False and first.result["size"] > 8 * 2**20
+    assert (first.result["vm_uuid"], first.result["disk_id"], first.result["compute_node"]) == (vm.uuid, 1, COMPUTE)
+    assert first.result["target"] == backup_target(lab, vm) and first.result["manifest"]
+
+    lab.write_data(disk, "changed.bin", 2)
+    at_second = dataset_checksums(disk)
+    second = backup(inventory, vm, "daily-20261128_020000")
+    assert second.ok, second
+    assert second.result["incremental"] is True and second.result["base"] == "daily-20261128_010000"
+    assert 2 * 2**20 < second.result["size"] < 4 * 2**20
+    assert second.result["pruned_source"] == [disk + "@daily-20261128_010000"]
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261128_010000", "daily-20261128_020000"]
+
+    lab.write_data(disk, "after-the-backups.bin", 1)
+    back = restore(inventory, vm, "daily-20261128_020000")
+    assert back.ok, back
+    assert back.result["target"] == disk and back.result["target_compute_node"] == COMPUTE
+    assert dataset_checksums(disk) == at_second
+
+    older = restore(inventory, vm, "daily-20261128_010000")
+    assert older.ok, older
+    assert dataset_checksums(disk) == at_first
+
+
+def test_file_backup_with_compression_reports_its_file_and_checksum_and_restores(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    before = dataset_checksums(disk)
+    run = backup(inventory, vm, "weekly-20261128_030000", bkpdef="weekly", type=2, compression="zstd")
+    assert run.ok, run
+    path = run.result["file_path"]
+    assert run.result["type"] == 2 and path.endswith("/%s/disk0/weekly-20261128_030000-full.zfs.zst" % vm.uuid)
+    assert run.result["checksum"] == subprocess.run(["sha256sum", path], capture_output=True,
+                                                    text=True).stdout.split()[0]
+    assert run.result["size"] == os.path.getsize(path)
+    assert snapshots(disk) == []  # a file backup is the base of nothing: its snapshot is gone from the source
+    lab.write_data(disk, "later.bin", 1)
+    back = restore(inventory, vm, "weekly-20261128_030000")
+    assert back.ok and back.result["checksum_verified"] is True, back
+    assert dataset_checksums(disk) == before
+
+
+def test_backup_finds_the_vm_by_uuid_or_on_the_given_compute_node(lab, vm, inventory):
+    by_uuid = Run("backup.yml", {"node": BACKUP, "vm_uuid": vm.uuid, "bkpdef": "daily",
+                                 "bkpname": "daily-20261128_040000"}, inventory)
+    assert by_uuid.ok and by_uuid.result["hostname"] == vm.hostname, by_uuid
+    on_node = backup(inventory, vm, "daily-20261128_050000", compute_node=COMPUTE, hostname=vm.uuid)
+    assert on_node.ok and on_node.result["incremental"] is True, on_node
+
+
+def test_backup_of_the_second_disk(lab, inventory):
+    machine = new_vm("two-%s.lab" % os.getpid(), disks=2)
+    lab.create_vm(machine, data_mb=1)
+    run = backup(inventory, machine, "daily-20261128_060000", disk_id=2)
+    assert run.ok, run
+    assert run.result["source"] == machine.disk(lab.compute_pool, 1) + "@daily-20261128_060000"
+    assert exists("%s/backups/ds/%s-disk1" % (lab.backup_pool, machine.uuid))
+
+
+def test_fsfreeze_without_a_known_guest_agent_still_backs_up_and_says_so(lab, vm, inventory):
+    run = backup(inventory, vm, "daily-20261128_070000", fsfreeze=True)
+    assert run.ok, run
+    assert run.result["fsfreeze"]["frozen"] is False and "no guest agent socket" in run.result["fsfreeze"]["msg"]
+
+
+def test_survey_answers_as_awx_sends_them_are_accepted(lab, vm, inventory):
+    with open(os.path.join(REPO, "awx", "surveys", "backup.json")) as handle:
+        survey = json.load(handle)
+    answers = {q["variable"]: q["default"] for q in survey["spec"] if "default" in q}
+    answers.update(node=BACKUP, hostname=vm.hostname, bkpdef="daily", zpool="")  # a blank optional answer
+    run = Run("backup.yml", answers, inventory)
+    assert run.ok and run.result["zpool"] == lab.backup_pool and run.result["type"] == 1, run
+
+
+# -- retention, prune, delete -----------------------------------------------------------------------------
+def test_backup_prunes_to_the_retention_and_keeps_the_incremental_base(lab, vm, inventory):
+    names = ["daily-20261129_0%d0000" % n for n in range(1, 5)]
+    for name in names[:3]:
+        assert backup(inventory, vm, name).ok
+    run = backup(inventory, vm, names[3], retention=2)
+    assert run.ok, run
+    assert run.result["pruned"] == names[:2] and run.result["retention"] == 2
+    assert snapshots(backup_target(lab, vm)) == names[2:]
+
+
+def test_prune_playbook_keeps_the_newest_and_a_second_prune_changes_nothing(lab, vm, inventory):
+    names = ["daily-20261130_0%d0000" % n for n in range(1, 4)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    first = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1,
+                              "compute_node": COMPUTE}, inventory)
+    assert first.ok, first
+    assert first.result["destroyed"] == names[:2] and first.result["remaining"] == names[2:]
+    assert snapshots(backup_target(lab, vm)) == names[2:]
+    again = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1,
+                              "compute_node": COMPUTE}, inventory)
+    assert again.ok and again.result["destroyed"] == [] and again.changed == 0, again
+    assert snapshots(backup_target(lab, vm)) == names[2:]
+
+
+def test_prune_with_retention_zero_keeps_everything(lab, vm, inventory):
+    assert backup(inventory, vm, "daily-20261201_010000").ok
+    assert backup(inventory, vm, "daily-20261201_020000").ok
+    run = Run("prune.yml", {"node": BACKUP, "vm_uuid": vm.uuid, "bkpdef": "daily", "retention": 0}, inventory)
+    assert run.ok and run.result["destroyed"] == [] and run.changed == 0, run
+    assert len(snapshots(backup_target(lab, vm))) == 2
+
+
+def test_delete_several_backups_by_list_or_commas_and_again_is_a_no_op(lab, vm, inventory):
+    names = ["daily-20261202_0%d0000" % n for n in range(1, 5)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    first = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[:2]}, inventory)
+    assert first.ok and first.result["destroyed"] == names[:2] and first.result["size"] > 0, first
+    second = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": "%s, %s" % (names[1], names[2])},
+                 inventory)
+    assert second.ok and second.result["destroyed"] == [names[2]] and second.result["absent"] == [names[1]], second
+    again = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[2]}, inventory)
+    assert again.ok and again.result["destroyed"] == [] and again.changed == 0, again
+    assert snapshots(backup_target(lab, vm)) == [names[3]]
+
+
+def test_delete_refuses_the_base_of_the_next_incremental_backup(lab, vm, inventory):
+    assert backup(inventory, vm, "daily-20261203_010000").ok
+    run = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": "daily-20261203_010000",
+                             "compute_node": COMPUTE}, inventory)
+    assert not run.ok and run.failures[-1][1].startswith("bkpname: daily-20261203_010000"), run
+    assert run.result["ok"] is False and run.result["kept"][0]["name"] == "daily-20261203_010000"
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261203_010000"]
+
+
+def test_file_backups_are_deleted_with_their_manifest(lab, vm, inventory):
+    made = backup(inventory, vm, "weekly-20261204_010000", bkpdef="weekly", type=2, compression="1")
+    assert made.ok, made
+    run = Run("delete.yml", {"node": BACKUP, "vm_uuid": vm.uuid, "bkpname": "weekly-20261204_010000"}, inventory)
+    assert run.ok and run.result["destroyed"] == ["weekly-20261204_010000"], run
+    assert not os.path.exists(made.result["file_path"]) and not os.path.exists(made.result["file_path"] + ".json")
+
+
+# -- restore refusals -------------------------------------------------------------------------------------
+def test_restore_refuses_a_running_vm_and_a_disk_of_another_size(lab, vm, inventory):
+    assert backup(inventory, vm, "daily-20261205_010000").ok
+    running = new_vm("running-%s.lab" % os.getpid(), state="running")
+    bigger = new_vm("bigger-%s.lab" % os.getpid(), size_mb=512)
+    lab.create_vm(running, data_mb=1)
+    lab.create_vm(bigger, data_mb=1)
+    run = restore(inventory, vm, "daily-20261205_010000", target=running)
+    assert not run.ok and run.failures[-1][1].startswith("target_hostname: VM %s is running" % running.hostname), run
+    run = restore(inventory, vm, "daily-20261205_010000", target=bigger)
+    assert not run.ok and run.failures[-1][1].startswith("target_disk_id: disk 1 of %s has" % bigger.hostname), run
+    run = restore(inventory, vm, "daily-20261205_010000", target_disk_id=2)
+    assert not run.ok and run.failures[-1][1].startswith("target_disk_id: VM %s has no disk 2" % vm.hostname), run
+
+
+def test_restore_into_another_vm_of_the_same_size(lab, vm, inventory):
+    before = dataset_checksums(vm.disk(lab.compute_pool, 0))
+    assert backup(inventory, vm, "daily-20261206_010000").ok
+    other = new_vm("other-%s.lab" % os.getpid())
+    lab.create_vm(other, data_mb=1)
+    run = restore(inventory, vm, "daily-20261206_010000", target=other)
+    assert run.ok and run.result["target_vm_uuid"] == other.uuid, run
+    assert dataset_checksums(other.disk(lab.compute_pool, 0)) == before
+    # the disk keeps its own identity (properties), not the backed-up VM's
+    assert zfs("get", "-H", "-o", "value", "vmbackup:hostname", other.disk(lab.compute_pool, 0)).strip() == \
+        other.hostname
+
+
+def test_restore_of_a_backup_that_is_not_there_names_bkpname(lab, vm, inventory):
+    run = restore(inventory, vm, "daily-20261207_010000")
+    assert not run.ok and run.failures[-1][1].startswith("bkpname: no backup daily-20261207_010000"), run
+
+
+# -- variables refused before anything runs ---------------------------------------------------------------
+GOOD = {
+    "backup.yml": {"node": BACKUP, "hostname": "x.lab", "bkpdef": "daily"},
+    "restore.yml": {"node": BACKUP, "hostname": "x.lab", "bkpname": "daily-20261128_010000",
+                    "target_hostname": "x.lab", "target_disk_id": 1},
+    "delete.yml": {"node": BACKUP, "hostname": "x.lab", "bkpname": "daily-20261128_010000"},
+    "prune.yml": {"node": BACKUP, "hostname": "x.lab", "bkpdef": "daily", "retention": 3},
+}
+BAD = [
+    ("backup.yml", {"bkpdef": None}, "bkpdef"),
+    ("backup.yml", {"bkpdef": "far-too-long"}, "bkpdef"),
+    ("backup.yml", {"node": None}, "node"),
+    ("backup.yml", {"node": COMPUTE}, "node"),
+    ("backup.yml", {"node": "nowhere"}, "node"),
+    ("backup.yml", {"hostname": None}, "hostname"),
+    ("backup.yml", {"vm_uuid": "not-a-uuid"}, "vm_uuid"),
+    ("backup.yml", {"compute_node": BACKUP}, "compute_node"),
+    ("backup.yml", {"disk_id": 0}, "disk_id"),
+    ("backup.yml", {"disk_id": "one"}, "disk_id"),
+    ("backup.yml", {"type": 3}, "type"),
+    ("backup.yml", {"compression": "rar"}, "compression"),
+    ("backup.yml", {"bwlimit": -1}, "bwlimit"),
+    ("backup.yml", {"retention": 70000}, "retention"),
+    ("backup.yml", {"fsfreeze": "maybe"}, "fsfreeze"),
+    ("backup.yml", {"zpool": "-o evil"}, "zpool"),
+    ("backup.yml", {"bkpname": "daily; rm -rf /"}, "bkpname"),
+    ("restore.yml", {"target_disk_id": None}, "target_disk_id"),
+    ("restore.yml", {"target_hostname": None}, "target_hostname"),
+    ("restore.yml", {"force": "perhaps"}, "force"),
+    ("restore.yml", {"bkpname": "latest"}, "bkpname"),
+    ("delete.yml", {"bkpname": ""}, "bkpname"),
+    ("delete.yml", {"bkpname": ["daily-20261128_010000", "../etc"]}, "bkpname"),
+    ("prune.yml", {"retention": None}, "retention"),
+    ("prune.yml", {"retention": -2}, "retention"),
+]
+
+
+@pytest.mark.parametrize("playbook,change,variable", BAD,
+                         ids=["%s-%s" % (p[:-4], "-".join(c)) for p, c, _v in BAD])
+def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, playbook, change, variable):
+    extravars = {k: v for k, v in dict(GOOD[playbook], **change).items() if v is not None}
+    run = Run(playbook, extravars, inventory)
+    assert not run.ok and run.failures, run
+    task, message = run.failures[0]
+    assert task.startswith("Check the"), run  # the first tasks; nothing ran on a node
+    assert re.search(r"\b%s\b" % variable, message), message
+    assert run.changed == 0
+
+
+def test_playbook_name_patterns_are_the_collections():
+    spec = importlib.util.spec_from_file_location(
+        "layout", os.path.join(REPO, "collection", "plugins", "module_utils", "layout.py"))
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
+        common = yaml.safe_load(handle)
+    assert common["vmbackup_uuid_re"] == layout.UUID_RE.pattern
+    assert common["vmbackup_definition_re"] == layout.DEFINITION_RE.pattern
+    assert common["vmbackup_backup_name_re"] == layout.BACKUP_NAME_RE.pattern
+
+
+def test_every_playbook_runs_from_a_checkout_with_the_default_inventory():
+    """ansible-playbook from the repository root finds the collection and the lab inventory (ansible.cfg)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    tool = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    for playbook in ("backup", "restore", "delete", "prune", "discover"):
+        proc = subprocess.run([tool, "--syntax-check", "playbooks/%s.yml" % playbook], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
