@@ -173,13 +173,17 @@ def test_delete_several_backups_by_list_or_commas_and_again_is_a_no_op(lab, vm, 
     assert snapshots(backup_target(lab, vm)) == [names[3]]
 
 
-def test_delete_refuses_the_base_of_the_next_incremental_backup(lab, vm, inventory):
+def test_deleting_the_base_by_name_makes_the_next_backup_a_full_one(lab, vm, inventory):
+    """An operator's explicit delete may drop the incremental base (retention never does)."""
     assert backup(inventory, vm, "daily-20261203_010000").ok
-    run = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": "daily-20261203_010000",
+    assert backup(inventory, vm, "daily-20261203_020000").ok
+    run = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": "daily-20261203_020000",
                              "compute_node": COMPUTE}, inventory)
-    assert not run.ok and run.failures[-1][1].startswith("bkpname: daily-20261203_010000"), run
-    assert run.result["ok"] is False and run.result["kept"][0]["name"] == "daily-20261203_010000"
+    assert run.ok and run.result["destroyed"] == ["daily-20261203_020000"], run
     assert snapshots(backup_target(lab, vm)) == ["daily-20261203_010000"]
+    after = backup(inventory, vm, "daily-20261203_030000")
+    assert after.ok and after.result["incremental"] is False, after
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261203_030000"]
 
 
 def test_file_backups_are_deleted_with_their_manifest(lab, vm, inventory):

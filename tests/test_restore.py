@@ -241,14 +241,16 @@ def test_force_false_refuses_a_disk_with_snapshots_and_changes_nothing(lab, vm):
     disk = vm.disk(lab.compute_pool, 0)
     assert not backup(lab, vm, "daily-20261129_070000").failed  # leaves its snapshot on the disk
     lab.write_data(disk, "newer.bin", 1)
+    zfs("snapshot", disk + "@users-own")  # a snapshot of the VM's, not vmbackup's
     before = state(disk)
     res = restore(lab, vm, "daily-20261129_070000", disk, force=False)
-    assert res.failed and "force=false" in res["msg"] and "daily-20261129_070000" in res["msg"], dumps(res)
+    assert res.failed and "force=false" in res["msg"] and "users-own" in res["msg"], dumps(res)
+    assert "daily-20261129_070000" not in res["msg"]  # vmbackup's own base snapshot is not the VM's
     assert state(disk) == before
 
-    zfs("destroy", disk + "@daily-20261129_070000")
+    zfs("destroy", disk + "@users-own")
     res = restore(lab, vm, "daily-20261129_070000", disk, force=False)
-    assert not res.failed and res["dropped_snapshots"] == [], dumps(res)
+    assert not res.failed and res["dropped_snapshots"] == ["daily-20261129_070000"], dumps(res)
     assert "newer.bin" not in dataset_checksums(disk)
 
 

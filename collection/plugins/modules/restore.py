@@ -432,8 +432,7 @@ class Restore:
                 self.target.get_one(self.aside, "guid") == self._old_guid
             if aside:
                 if dataset_exists(self.target, self.disk):
-                    if not attempt("destroy half-received %s" % self.disk,
-                                   lambda: retry_busy(lambda: self.target.destroy(self.disk, recursive=True))):
+                    if not attempt("destroy half-received %s" % self.disk, self._destroy_half_received):
                         return done
                 attempt("rename %s back to %s" % (self.aside, self.disk),
                         lambda: retry_busy(lambda: self.target.rename(self.aside, self.disk)))
@@ -443,6 +442,15 @@ class Restore:
         except ZfsError as err:
             done.append("FAILED to inspect %s: %s" % (self.disk, err))
         return done
+
+
+    def _destroy_half_received(self) -> None:
+        """A killed `zfs receive` removes its dataset itself, maybe while we look: gone counts as done."""
+        try:
+            retry_busy(lambda: self.target.destroy(self.disk, recursive=True))
+        except ZfsError:
+            if dataset_exists(self.target, self.disk):
+                raise
 
 
 def main() -> None:
