@@ -92,10 +92,16 @@ class Pipeline:
             last_proc = self._procs[-1]
             watch = self._stage_index(progress_stage)
             # The captured output is small (a checksum): it fits the pipe, so it is read at the end.
-            while any(p.poll() is None for p in self._procs):
+            while True:
+                running = [p for p in self._procs if p.poll() is None]
+                if not running:
+                    break
                 if on_progress and watch is not None:
                     self._report(errfiles[watch], on_progress)
-                time.sleep(poll if on_progress else 0.05)
+                try:  # wake as soon as a stage ends, not on the next tick of a sleep
+                    running[0].wait(timeout=poll if on_progress else None)
+                except subprocess.TimeoutExpired:
+                    pass
             if capture:
                 self.stdout = last_proc.stdout.read()
                 last_proc.stdout.close()

@@ -20,7 +20,7 @@ description:
     compressed as asked, with its sha256 checksum.
   - Each backup gets a manifest (JSON) beside it and vmbackup user properties on the received snapshot,
     so the backups on a node can be listed without any other record.
-  - The stream runs as a pipeline of processes (C(zfs send | pv | compressor | zfs receive) or C(tee));
+  - The stream runs as a pipeline of processes (C(zfs send | [pv] | compressor | zfs receive) or a file);
     no data passes through Python.
   - A failed or interrupted transfer leaves no partial file, no half-received snapshot or dataset, and
     (with I(destroy_snapshot_on_failure)) no new snapshot on the source; the next run starts clean.
@@ -155,7 +155,10 @@ base:
   returned: always
   type: str
 size:
-  description: Bytes in the stream (dataset) or in the file (file backups).
+  description:
+    - Dataset backups, the bytes in the stream as counted by C(pv) (incremental backups, and any with
+      I(bwlimit) or I(progress_file)); a full one without them is not metered (C(pv) costs a few percent
+      of throughput) and reports the received snapshot's C(referenced) size. File backups, the file's size.
   returned: success
   type: int
   sample: 41843149
@@ -351,7 +354,9 @@ class Backup:
         self.result.update(incremental=base is not None, base=base, kept_aside=aside)
 
         pipeline = Pipeline().add(self.send_argv(base), "zfs send")
-        pipeline.add(common.meter_stage(self.p["bwlimit"]), "meter")
+        # Count the stream's bytes where nothing else can say its size (incremental) or someone watches.
+        count = base is not None or bool(self.p["progress_file"])
+        pipeline.add(common.meter_stage(self.p["bwlimit"], count), "meter")
         receive = ["zfs", "receive", "-u"] + (["-F"] if base else []) + [target]
         pipeline.add(receive, "zfs receive")
         self.result["cmd"] = str(pipeline)
@@ -411,10 +416,10 @@ class Backup:
 
         part = "%s%s%d" % (path, common.PART_MARK, os.getpid())
         pipeline = Pipeline().add(self.send_argv(None), "zfs send")
-        pipeline.add(common.meter_stage(self.p["bwlimit"]), "meter")
+        pipeline.add(common.meter_stage(self.p["bwlimit"], bool(self.p["progress_file"])), "meter")
         pipeline.add(common.compress_stage(compression), compression)
-        pipeline.add(["tee", part], "tee")
-        pipeline.add(["sha256sum"], "sha256sum")
+        pipeline.add(common.tee_stage(part), "tee")
+        pipeline.add(common.checksum_stage(), "sha256")
         self.result["cmd"] = str(pipeline)
         self.result["changed"] = True
         if self.module.check_mode:
