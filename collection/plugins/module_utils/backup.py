@@ -16,6 +16,14 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 PART_MARK = ".part-"
 
 
+class JobFailed(Exception):
+    """A backup module's job did not happen; the message says why, `extra` what the module reports with it."""
+
+    def __init__(self, msg: str, **extra):
+        super().__init__(msg)
+        self.extra = extra
+
+
 class Interrupted(Exception):
     """The module was asked to stop (SIGTERM/SIGINT); cleanup runs, then it fails."""
 

@@ -205,12 +205,8 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
 )
 
 
-class RestoreFailed(Exception):
-    """The restore did not happen; the message says why, `extra` what the module reports with it."""
-
-    def __init__(self, msg: str, **extra):
-        super().__init__(msg)
-        self.extra = extra
+class RestoreFailed(common.JobFailed):
+    """The restore did not happen."""
 
 
 class Restore:

@@ -216,12 +216,8 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
 )
 
 
-class SendFailed(Exception):
-    """The backup did not happen; the message says why, `extra` what the module reports with it."""
-
-    def __init__(self, msg: str, **extra):
-        super().__init__(msg)
-        self.extra = extra
+class SendFailed(common.JobFailed):
+    """The backup did not happen."""
 
 
 class Backup:
