@@ -396,3 +396,59 @@ def test_openapi_describes_every_route(env):
     assert "/api/task/{task_id}/cancel" in paths and "/api/vm/define/backup" in paths
     post = paths["/api/vm/{hostname_or_uuid}/backup/{bkpname}"]["post"]
     assert {"201", "404", "406", "409", "412", "417", "423", "428"} <= set(post["responses"])
+
+
+def test_remaining_status_codes_of_the_seed(env):
+    """The codes the other tests do not reach on their way: each endpoint's list in the seed, complete."""
+    client, owner, lab = env.client(), env.client(OWNER), env.lab
+    vm, mine, dead = env.vms["b"], env.vms["a"], env.vms["dead"]
+    define(client, vm, "codes")
+    path = "vm/%s/define/backup/codes" % vm.hostname
+    # PUT and DELETE of a definition
+    assert owner.put("vm/%s/define/backup/x" % mine.hostname, retention=1).status == 403
+    assert client.put(path, disk_id=9, retention=1).status == 412
+    assert client.put(path, retention="-1").status == 400
+    assert client.put("vm/%s/define/backup/nope" % vm.hostname, retention=1).status == 404
+    assert client.put("vm/%s/define/backup/codes" % dead.hostname, retention=1).status == 423
+    assert owner.delete(path).status == 403
+    assert client.delete(path, disk_id=9).status == 412
+    assert client.delete("vm/%s/define/backup/codes" % dead.hostname).status == 423
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", env.port)
+    conn.request("DELETE", "/api/" + path + "/", body="{not json",
+                 headers={"Authorization": "Token " + client.token, "Content-Type": "application/json"})
+    reply = conn.getresponse()
+    assert reply.status == 400 and json_of(reply)["status"] == "FAILURE"
+    # POST backup: a note that is too long
+    assert client.post("vm/%s/backup/codes" % vm.hostname, note="x" * 129).result == \
+        {"note": ["Ensure this field has no more than 128 characters."]}
+    # GET/DELETE of one backup with a disk_id that is not a number
+    assert client.get("vm/%s/backup/codes-20260101_000000" % vm.hostname, disk_id="x").status == 412
+    assert client.delete("vm/%s/backup/codes-20260101_000000" % vm.hostname, disk_id="x").status == 412
+    # a backup whose backup node does not answer: 423 for single and bulk deletes
+    env.stop()
+    Store(env.data_dir).insert_backup({
+        "hostname": vm.hostname, "vm_uuid": vm.uuid, "define": "codes", "name": "codes-20260101_000000",
+        "disk_id": 1, "type": 1, "node": "deadb", "zpool": "zones", "created": "2026-01-01T00:00:00.000Z",
+        "status": 1, "size": 1, "time": 1, "file_path": None, "note": ""})
+    env.start()
+    client = env.client()
+    one = client.delete("vm/%s/backup/codes-20260101_000000" % vm.hostname)
+    assert (one.status, one.body) == (423, {"detail": "Node is not operational"})
+    assert client.delete("vm/%s/backup" % vm.hostname, bkpnames=["codes-20260101_000000"]).status == 423
+    # a restore into a disk that has a job running: 409
+    made = create(env, client, vm, "codes")
+    bkpname = made["result"]["detail"].split(",")[0].split("=")[1]
+    define(client, mine, "busy", bwlimit=500000)
+    lab.write_data(mine.disk(lab.compute_pool, 0), "busy.bin", 3)  # about 6 s at 0.5 MB/s
+    job = client.post("vm/%s/backup/busy" % mine.hostname)
+    assert job.status == 201
+    restore = client.put("vm/%s/backup/%s" % (vm.hostname, bkpname), target_hostname_or_uuid=mine.hostname,
+                         target_disk_id=1)
+    assert (restore.status, restore.body) == (409, {"detail": "VM has pending tasks"})
+    assert env.wait(client, job.task_id)["code"] == 200
+
+
+def json_of(reply) -> dict:
+    import json
+    return json.loads(reply.read())
