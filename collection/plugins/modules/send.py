@@ -412,7 +412,8 @@ class Backup:
 
         part = "%s%s%d" % (path, common.PART_MARK, os.getpid())
         pipeline = Pipeline().add(self.send_argv(None), "zfs send")
-        pipeline.add(common.meter_stage(self.p["bwlimit"], bool(self.p["progress_file"])), "meter")
+        # Always counted: the manifest's stream_size is what a restore later reports progress against.
+        pipeline.add(common.meter_stage(self.p["bwlimit"]), "meter")
         pipeline.add(common.compress_stage(compression), compression)
         pipeline.add(common.tee_stage(part), "tee")
         pipeline.add(common.checksum_stage(), "sha256")
