@@ -12,6 +12,7 @@ import shutil
 import signal
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import PipelineError
 
 PART_MARK = ".part-"
 
@@ -107,6 +108,22 @@ def write_json_atomic(path: str, data: dict) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(folder)
+
+
+def run_stream(pipeline, progress_file: str | None, total: int | None, failure: type = JobFailed,
+               capture: bool = False):
+    """Run a stream pipeline, keeping `progress_file` (bytes counted by its meter stage) up to date;
+    a failed stage raises `failure` carrying every stage's report."""
+    report = None
+    if progress_file and pipeline.stage("meter") is not None:
+        def report(line: str) -> None:
+            if line.isdigit():
+                write_progress(progress_file, int(line), total)
+        write_progress(progress_file, 0, total)
+    try:
+        return pipeline.run(capture=capture, on_progress=report, progress_stage="meter")
+    except PipelineError as err:
+        raise failure("transfer failed: %s" % err, stages=pipeline.report()) from err
 
 
 def write_progress(path: str, sent: int, total: int | None) -> None:

@@ -191,7 +191,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
-from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline, PipelineError
+from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
     Node,
     ZfsError,
@@ -388,16 +388,7 @@ class Restore:
         return (order.index(prop), prop) if prop in order else (len(order), prop)
 
     def transfer(self, pipeline: Pipeline, total: int | None) -> None:
-        report = None
-        if self.p["progress_file"] and pipeline.stage("meter") is not None:
-            def report(line: str) -> None:
-                if line.isdigit():
-                    common.write_progress(self.p["progress_file"], int(line), total)
-            common.write_progress(self.p["progress_file"], 0, total)
-        try:
-            pipeline.run(on_progress=report, progress_stage="meter")
-        except PipelineError as err:
-            raise RestoreFailed("transfer failed: %s" % err, stages=pipeline.report()) from err
+        common.run_stream(pipeline, self.p["progress_file"], total, RestoreFailed)
         size = common.metered_bytes(pipeline.stage("meter"))
         if size is None:
             size = int(self.target.get_one(self.disk, "referenced"))

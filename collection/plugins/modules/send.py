@@ -205,7 +205,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
-from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline, PipelineError
+from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
     Node,
     ZfsError,
@@ -294,16 +294,7 @@ class Backup:
 
     def transfer(self, pipeline: Pipeline, capture: bool = False, total: int | None = None) -> Pipeline:
         self.result["cmd"] = str(pipeline)
-        report = None
-        if self.p["progress_file"] and pipeline.stage("meter") is not None:
-            def report(line: str) -> None:
-                if line.isdigit():
-                    common.write_progress(self.p["progress_file"], int(line), total)
-            common.write_progress(self.p["progress_file"], 0, total)
-        try:
-            return pipeline.run(capture=capture, on_progress=report, progress_stage="meter")
-        except PipelineError as err:
-            raise SendFailed("transfer failed: %s" % err, stages=pipeline.report()) from err
+        return common.run_stream(pipeline, self.p["progress_file"], total, SendFailed, capture)
 
     def mark_and_prune_source(self, snap, snaps) -> None:
         """Tag the sent snapshot with this target; drop older ones sent to the same target.
