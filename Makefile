@@ -15,7 +15,7 @@ demo-playbooks: setup  ## backups of a lab VM with ansible-playbook alone
 	./scripts/demo-playbooks
 
 lint: setup  ## ruff on the Python, ansible-lint (production profile, offline) on playbooks and collection
-	ruff check api collection tests bench
+	$(VENV)/ruff check api collection tests bench
 	$(VENV)/ansible-lint -q playbooks collection
 
 molecule: setup  ## the molecule scenario: converge, idempotence and verify on the lab's pools
