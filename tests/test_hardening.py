@@ -191,7 +191,7 @@ def env(lab):
         seed(store, lab, vm, hostname="twin.example.com" if key.startswith("twin") else vm.hostname)
     del store
     env.admin_key = env.add_user(*ADMIN, admin=True)
-    env.serve_args = ["--no-discover", "--no-scheduler"]
+    env.serve_args = ["--no-discover", "--no-scheduler", "--stream-limit", "2"]
     os.environ["VMBACKUP_TEST_SECRET"] = "s3cr3t-of-the-service"
     try:
         env.start()
@@ -369,6 +369,18 @@ def test_two_vms_with_one_hostname_keep_their_definitions(env, tmp_path):
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=2)
     claimed = [scheduler.claim(d, later) for d in due]
     assert len(due) == 2 and all(claimed)
+
+
+def test_an_es_stream_wait_ends_at_its_limit_with_the_current_status(env):
+    client, vm = env.client(), env.vms["a"]
+    assert client.post("vm/%s/define/backup/slow" % vm.hostname, node="tb", zpool=env.lab.backup_pool,
+                       schedule="0 4 * * *", retention=2, bwlimit=1000000).status == 201
+    env.lab.write_data(vm.disk(env.lab.compute_pool, 0), "slow.bin", 6)  # about 6 s at 1 MB/s
+    start = time.monotonic()
+    streamed = client.request("POST", "vm/%s/backup/slow" % vm.hostname, {}, headers={"ES-STREAM": "es"})
+    took = time.monotonic() - start
+    assert streamed.status == 201 and streamed.body["status"] == "PENDING" and 2 <= took < 5, (streamed, took)
+    assert env.wait(client, streamed.task_id)["code"] == 200
 
 
 def start_stranger() -> subprocess.Popen:
