@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import re
 import secrets
 import threading
 
@@ -636,9 +637,7 @@ class Service:
             name = task["bkpname"]
             if run.ok:
                 res = run.result
-                self.store.update_backup(vm_uuid, disk_id, name, {
-                    "status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
-                    "file_path": res.get("file_path") or None, "checksum": res.get("checksum") or None})
+                self.store.update_backup(vm_uuid, disk_id, name, made_fields(res))
                 return "name=%s, disk_id=%s" % (name, disk_id)
             self.store.delete_backups(vm_uuid, disk_id, [name])
             return run.error or run.status
@@ -668,9 +667,7 @@ class Service:
             # The key batch_report (collection/plugins/filter/report.py) gives each backup.
             res = results.get("%s:%s:%s" % (item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
             if res.get("ok"):
-                self.store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], {
-                    "status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
-                    "file_path": res.get("file_path") or None, "checksum": res.get("checksum") or None})
+                self.store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], made_fields(res))
                 made.append(item)
             else:
                 self.store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
@@ -717,6 +714,27 @@ class Service:
                 return
         if not self.runner.cancel(task_id):
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
+
+
+# What a backup node reports about a backup goes into later runs (a restore's file_path): checked here.
+REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
+CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def made_fields(res: dict) -> dict:
+    """A made backup's record fields from what its run reported, each checked."""
+    return {"status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
+            "file_path": reported_path(res.get("file_path")), "checksum": reported_checksum(res.get("checksum"))}
+
+
+def reported_path(value) -> str | None:
+    if isinstance(value, str) and REPORTED_PATH_RE.fullmatch(value) and ".." not in value.split("/"):
+        return value
+    return None
+
+
+def reported_checksum(value) -> str | None:
+    return value if isinstance(value, str) and CHECKSUM_RE.fullmatch(value) else None
 
 
 def _int(value) -> int | None:
