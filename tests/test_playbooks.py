@@ -25,20 +25,20 @@ def inventory(lab, tmp_path):
     return lab_inventory(lab, tmp_path)
 
 
-def backup(inventory: str, vm, bkpname: str | None = None, **extra) -> Run:
+def backup(inventory: str, vm, bkpname: str | None = None, *options: str, **extra) -> Run:
     extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily"}
     if bkpname:
         extravars["bkpname"] = bkpname
     extravars.update(extra)
-    return Run("backup.yml", extravars, inventory)
+    return Run("backup.yml", extravars, inventory, *options)
 
 
-def restore(inventory: str, vm, bkpname: str, target=None, **extra) -> Run:
+def restore(inventory: str, vm, bkpname: str, target=None, *options: str, **extra) -> Run:
     target = target or vm
     extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpname": bkpname, "target_hostname": target.hostname,
                  "target_disk_id": 1}
     extravars.update(extra)
-    return Run("restore.yml", extravars, inventory)
+    return Run("restore.yml", extravars, inventory, *options)
 
 
 def backup_target(lab, vm) -> str:
@@ -123,6 +123,92 @@ def test_survey_answers_as_awx_sends_them_are_accepted(lab, vm, inventory):
     answers.update(node=BACKUP, hostname=vm.hostname, bkpdef="daily", zpool="")  # a blank optional answer
     run = Run("backup.yml", answers, inventory)
     assert run.ok and run.result["zpool"] == lab.backup_pool and run.result["type"] == 1, run
+
+
+# -- check mode and tags ----------------------------------------------------------------------------------
+def test_check_mode_backup_makes_nothing_and_says_full_then_incremental(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    first = backup(inventory, vm, "daily-20261127_010000", "--check")
+    assert first.ok and first.result["check"] is True, first
+    assert first.result["incremental"] is False and first.result["base"] is None
+    assert first.result["target"] == backup_target(lab, vm) and "zfs send" in first.result["cmd"]
+    assert first.changed > 0 and "would send" in first.messages[-1] and "a full backup" in first.messages[-1]
+    assert snapshots(disk) == [] and not exists(backup_target(lab, vm))
+
+    assert backup(inventory, vm, "daily-20261127_020000").ok
+    second = backup(inventory, vm, "daily-20261127_030000", "--check", "--diff")
+    assert second.ok, second
+    assert second.result["incremental"] is True and second.result["base"] == "daily-20261127_020000"
+    assert "an incremental backup from @daily-20261127_020000" in second.messages[-1]
+    assert snapshots(disk) == ["daily-20261127_020000"]
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261127_020000"]
+
+    as_file = backup(inventory, vm, "weekly-20261127_040000", "--check", bkpdef="weekly", type=2,
+                     compression="zstd")
+    assert as_file.ok and as_file.result["file_path"].endswith("weekly-20261127_040000-full.zfs.zst"), as_file
+    assert not os.path.exists(as_file.result["file_path"]) and snapshots(disk) == ["daily-20261127_020000"]
+
+
+def test_check_mode_says_what_retention_will_delete_once_the_new_backup_exists(lab, vm, inventory):
+    names = ["daily-20261126_0%d0000" % n for n in range(1, 5)]
+    for name in names[:3]:
+        assert backup(inventory, vm, name).ok
+    planned = backup(inventory, vm, names[3], "--check", retention=2)
+    assert planned.ok and planned.result["pruned"] == names[:2], planned
+    assert "retention 2: would delete %s, %s" % tuple(names[:2]) in planned.messages[-1]
+    assert snapshots(backup_target(lab, vm)) == names[:3]
+    done = backup(inventory, vm, names[3], retention=2)
+    assert done.ok and done.result["pruned"] == planned.result["pruned"], done
+
+
+def test_check_mode_of_restore_delete_and_prune_changes_nothing(lab, vm, inventory):
+    names = ["daily-20261125_0%d0000" % n for n in range(1, 3)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    disk = vm.disk(lab.compute_pool, 0)
+    before = dataset_checksums(disk)
+    lab.write_data(disk, "after.bin", 1)
+    after = dataset_checksums(disk)
+    back = restore(inventory, vm, names[0], None, "--check")
+    assert back.ok and back.result["check"] is True and back.result["target"] == disk, back
+    deleted = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[0]}, inventory, "--check")
+    assert deleted.ok and deleted.result["destroyed"] == [names[0]] and deleted.result["check"] is True, deleted
+    pruned = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1,
+                               "compute_node": COMPUTE}, inventory, "--check")
+    assert pruned.ok and pruned.result["destroyed"] == [names[0]], pruned
+    assert snapshots(backup_target(lab, vm)) == names and dataset_checksums(disk) == after != before
+
+
+def test_tags_pick_the_steps_of_a_backup(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    assert backup(inventory, vm, "daily-20261124_010000").ok
+    only_check = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate")
+    assert only_check.ok and only_check.changed == 0 and only_check.result["target"] is None, only_check
+    refused = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate", disk_id=0)
+    assert not refused.ok and refused.failures[0][1].startswith("disk_id"), refused
+
+    snapped = backup(inventory, vm, "daily-20261124_020000", "--tags", "snapshot")
+    assert snapped.ok and snapped.result["target"] is None, snapped
+    assert "Pull it to the backup node" not in snapped.tasks
+    assert snapshots(disk) == ["daily-20261124_010000", "daily-20261124_020000"]
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261124_010000"]
+
+    sent = backup(inventory, vm, "daily-20261124_020000", "--tags", "send", retention=1)
+    assert sent.ok and sent.result["incremental"] is True and sent.result["pruned"] == [], sent
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261124_010000", "daily-20261124_020000"]
+
+    unpruned = backup(inventory, vm, "daily-20261124_030000", "--skip-tags", "prune", retention=1)
+    assert unpruned.ok and unpruned.result["pruned"] == [], unpruned
+    assert len(snapshots(backup_target(lab, vm))) == 3
+
+
+def test_no_playbook_task_hides_its_diff_or_output():
+    """--diff shows what the modules return: no task turns diff off or hides its result."""
+    for root, _dirs, files in os.walk(os.path.join(REPO, "playbooks")):
+        for name in files:
+            with open(os.path.join(root, name)) as handle:
+                text = handle.read()
+            assert not re.search(r"^\s*(diff|no_log):", text, re.M), name
 
 
 # -- retention, prune, delete -----------------------------------------------------------------------------
