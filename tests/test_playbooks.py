@@ -339,10 +339,15 @@ BAD = [
     ("backup.yml", {"fsfreeze": "maybe"}, "fsfreeze"),
     ("backup.yml", {"zpool": "-o evil"}, "zpool"),
     ("backup.yml", {"bkpname": "daily; rm -rf /"}, "bkpname"),
+    ("backup.yml", {"bkpdef": "daily\n"}, "bkpdef"),
+    ("backup.yml", {"vm_uuid": "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n"}, "vm_uuid"),
+    ("backup.yml", {"zpool": "backup\n"}, "zpool"),
+    ("backup.yml", {"bkpname": "daily-20261128_010000\n"}, "bkpname"),
     ("restore.yml", {"target_disk_id": None}, "target_disk_id"),
     ("restore.yml", {"target_hostname": None}, "target_hostname"),
     ("restore.yml", {"force": "perhaps"}, "force"),
     ("restore.yml", {"bkpname": "latest"}, "bkpname"),
+    ("restore.yml", {"target_vm_uuid": "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n"}, "target_vm_uuid"),
     ("delete.yml", {"bkpname": ""}, "bkpname"),
     ("delete.yml", {"bkpname": ["daily-20261128_010000", "../etc"]}, "bkpname"),
     ("prune.yml", {"retention": None}, "retention"),
@@ -351,7 +356,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("playbook,change,variable", BAD,
-                         ids=["%s-%s" % (p[:-4], "-".join(c)) for p, c, _v in BAD])
+                         ids=["%s-%s%s" % (p[:-4], "-".join(c), "-newline" if any("\n" in str(v) for v in c.values()) else "")
+                              for p, c, _v in BAD])
 def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, playbook, change, variable):
     extravars = {k: v for k, v in dict(GOOD[playbook], **change).items() if v is not None}
     run = Run(playbook, extravars, inventory)
@@ -362,16 +368,32 @@ def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, 
     assert run.changed == 0
 
 
-def test_playbook_name_patterns_are_the_collections():
+# Values each name pattern must take or refuse; a trailing newline is refused by every one of them.
+NAME_SAMPLES = {
+    "uuid": ("UUID_RE", ["9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a", "9F2B1C4E-3B8A-4C1E-9A7D-2F0E5D6C7B8A"],
+             ["9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n", "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8", "x" * 36, ""]),
+    "pool": ("POOL_RE", ["zones", "backup.1", "b:2_x-y"], ["zones\n", "-o", "1zones", "zones/x", ""]),
+    "definition": ("DEFINITION_RE", ["daily", "d", "w.1_-x8"], ["daily\n", "far-too-long", "-daily", "da ily", ""]),
+    "backup_name": ("BACKUP_NAME_RE", ["daily-20261128_040000"],
+                    ["daily-20261128_040000\n", "daily-2026112_040000", "latest", "daily-20261128_040000x"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAME_SAMPLES))
+def test_playbook_name_patterns_match_whole_values_as_the_collections_do(name):
+    """The playbooks' patterns (Jinja's match test: re.match) accept and refuse what layout.py's accept and
+    refuse as a whole value (re.fullmatch, whatever way its patterns are written)."""
     spec = importlib.util.spec_from_file_location(
         "layout", os.path.join(REPO, "collection", "plugins", "module_utils", "layout.py"))
     layout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layout)
     with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
-        common = yaml.safe_load(handle)
-    assert common["vmbackup_uuid_re"] == layout.UUID_RE.pattern
-    assert common["vmbackup_definition_re"] == layout.DEFINITION_RE.pattern
-    assert common["vmbackup_backup_name_re"] == layout.BACKUP_NAME_RE.pattern
+        ours = yaml.safe_load(handle)["vmbackup_%s_re" % name]
+    theirs, good, bad = NAME_SAMPLES[name]
+    for value in good:
+        assert re.match(ours, value) and getattr(layout, theirs).fullmatch(value), value
+    for value in bad:
+        assert not re.match(ours, value) and not getattr(layout, theirs).fullmatch(value), repr(value)
 
 
 def test_every_playbook_runs_from_a_checkout_with_the_default_inventory():
