@@ -121,6 +121,7 @@ def test_survey_answers_as_awx_sends_them_are_accepted(lab, vm, inventory):
         survey = json.load(handle)
     answers = {q["variable"]: q["default"] for q in survey["spec"] if "default" in q}
     answers.update(node=BACKUP, hostname=vm.hostname, bkpdef="daily", zpool="")  # a blank optional answer
+    answers.update(fsfreeze=False)  # typed, as an extra variable beside the survey
     run = Run("backup.yml", answers, inventory)
     assert run.ok and run.result["zpool"] == lab.backup_pool and run.result["type"] == 1, run
 
