@@ -356,9 +356,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("playbook,change,variable", BAD,
-                         ids=["%s-%s%s" % (p[:-4], "-".join(c), "-newline" if any("\n" in str(v) for v in c.values()) else "")
-                              for p, c, _v in BAD])
+def bad_id(playbook: str, change: dict) -> str:
+    newline = any("\n" in str(value) for value in change.values())
+    return "%s-%s%s" % (playbook[:-4], "-".join(change), "-newline" if newline else "")
+
+
+@pytest.mark.parametrize("playbook,change,variable", BAD, ids=[bad_id(p, c) for p, c, _v in BAD])
 def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, playbook, change, variable):
     extravars = {k: v for k, v in dict(GOOD[playbook], **change).items() if v is not None}
     run = Run(playbook, extravars, inventory)
