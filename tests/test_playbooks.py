@@ -203,6 +203,26 @@ def test_tags_pick_the_steps_of_a_backup(lab, vm, inventory):
     assert len(snapshots(backup_target(lab, vm))) == 3
 
 
+def test_skipping_the_step_of_restore_delete_or_prune_changes_nothing(lab, vm, inventory):
+    names = ["daily-20261123_0%d0000" % n for n in range(1, 3)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    disk = vm.disk(lab.compute_pool, 0)
+    lab.write_data(disk, "after.bin", 1)
+    after = dataset_checksums(disk)
+    back = restore(inventory, vm, names[0], None, "--skip-tags", "restore")
+    assert back.ok and back.changed == 0 and back.result["restored"] is False, back
+    assert "not restored" in back.messages[-1]
+    deleted = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[0]}, inventory,
+                  "--skip-tags", "delete")
+    assert deleted.ok and deleted.changed == 0, deleted
+    assert deleted.result["destroyed"] == deleted.result["absent"] == [], deleted
+    pruned = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1},
+                 inventory, "--skip-tags", "prune")
+    assert pruned.ok and pruned.changed == 0 and pruned.result["destroyed"] == [], pruned
+    assert snapshots(backup_target(lab, vm)) == names and dataset_checksums(disk) == after
+
+
 def test_no_playbook_task_hides_its_diff_or_output():
     """--diff shows what the modules return: no task turns diff off or hides its result."""
     for root, _dirs, files in os.walk(os.path.join(REPO, "playbooks")):
