@@ -186,7 +186,8 @@ def test_tags_pick_the_steps_of_a_backup(lab, vm, inventory):
     only_check = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate")
     assert only_check.ok and only_check.changed == 0 and only_check.result["target"] is None, only_check
     refused = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate", disk_id=0)
-    assert not refused.ok and refused.failures[0][1].startswith("disk_id"), refused
+    assert not refused.ok and refused.result["msg"].startswith("disk_id"), refused
+    assert refused.failures[-1][1] == "Check the variables: " + refused.result["msg"], refused
 
     snapped = backup(inventory, vm, "daily-20261124_020000", "--tags", "snapshot")
     assert snapped.ok and snapped.result["target"] is None, snapped
@@ -387,6 +388,9 @@ def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, 
     run = Run(playbook, extravars, inventory)
     assert not run.ok and run.failures, run
     task, message = run.failures[0]
+    if playbook == "backup.yml":  # each backup is checked alone, reported, and then the run fails
+        task, message = run.result["failed_task"], run.result["msg"]
+        assert run.result["ok"] is False and run.failures == [("Fail with the reason", "%s: %s" % (task, message))]
     assert task.startswith("Check the"), run  # the first tasks; nothing ran on a node
     assert re.search(r"\b%s\b" % variable, message), message
     assert run.changed == 0

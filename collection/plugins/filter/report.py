@@ -1,69 +1,292 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmbackup developers
 # Apache License 2.0 (see LICENSE)
-"""Filters that turn looped module results into the one result a playbook reports."""
+"""Filters of playbooks/backup.yml, which backs up 1..N disks the same way: each backup's key, its
+variables checked, its VM found in the compute nodes' answers, and the one result the run reports."""
 
 from __future__ import annotations
 
+import re
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
 DOCUMENTATION = r"""
-name: batch_report
-short_description: One result per backup from the looped results of a batch backup
+name: batch_result
+short_description: The result of playbooks/backup.yml, one record per backup
 description:
-  - Takes the registered results of a C(vmbackup.zfs.send) task looped over the results of a
-    C(vmbackup.zfs.snapshot) task looped over the backups, and returns a dict keyed by
-    C(<vm_uuid>:<disk_id>:<bkpname>) (backups of several disks due at once share a name) whose values
-    hold C(ok), C(size), C(time), C(file_path), C(checksum), C(incremental) and C(msg).
+  - C(batch_items) checks the backups' variables (the argument spec, then the name rules), C(batch_locate)
+    finds each backup's VM and disk in the answers of C(vmbackup.zfs.vm_info), C(batch_nodes) groups the
+    backups by compute node, C(batch_result) makes the run's C(vmbackup_result) (C(ok), C(check), and
+    C(backups) keyed by C(<vm_uuid>:<disk_id>:<bkpname>); a batch of one also has its record's fields at
+    the top level), C(batch_said) what the run says it did, one line per step.
 positional: _input
 options:
   _input:
-    description: The C(results) list of the registered send task.
+    description: The backups (C(batch_items), C(batch_locate), C(batch_nodes), C(batch_result)).
     type: list
     elements: dict
     required: true
 """
 
 EXAMPLES = r"""
-- name: Report the batch
+- name: Report the backups
   ansible.builtin.set_stats:
     data:
-      vmbackup_result:
-        backups: "{{ vmbackup_sends.results | vmbackup.zfs.batch_report }}"
+      vmbackup_result: "{{ vmbackup_items | vmbackup.zfs.batch_result(vmbackup_outcomes, ansible_check_mode) }}"
 """
 
 RETURN = r"""
 _value:
-  description: The outcome of each backup, by C(<vm_uuid>:<disk_id>:<bkpname>).
+  description: The run's result, C({ok, check, backups}) (with a single backup's fields at the top level).
   type: dict
 """
 
-FIELDS = ("size", "time", "file_path", "checksum", "incremental", "base", "target")
+# The variables of one backup, their defaults, and those that the top-level variables give every item
+# of a batch that does not say (the definition's words; a VM, disk, name or file is each item's own).
+DEFAULTS = {"disk_id": 1, "type": 1, "compression": "0", "bwlimit": 0, "retention": 0, "fsfreeze": False,
+            "protect": []}
+SHARED = ("node", "zpool", "compute_node", "bkpdef", "type", "compression", "bwlimit", "retention", "fsfreeze",
+          "protect")
+BATCH_ONLY = ("backups", "vmbackup_parallel", "vmbackup_progress_file")
+RECORD_FIELDS = ("name", "define", "hostname", "vm_uuid", "disk_id", "compute_node", "source", "node", "zpool",
+                 "type", "created", "size", "time", "target", "file_path", "checksum", "manifest", "incremental",
+                 "base", "kept_aside", "pruned_source", "cmd", "fsfreeze", "retention", "pruned", "kept")
 
 
 def batch_key(vm_uuid: str, disk_id, bkpname: str) -> str:
     """How a batch names one backup: names repeat across disks due at the same second."""
-    return "%s:%s:%s" % (vm_uuid, int(disk_id), bkpname)
+    try:
+        disk_id = int(disk_id)
+    except (TypeError, ValueError):
+        pass
+    return "%s:%s:%s" % (vm_uuid, disk_id, bkpname)
 
 
-def batch_report(results: list) -> dict:
-    report = {}
-    for result in results or []:
-        snapshot = result.get("item") or {}
-        backup = snapshot.get("item") or {}
-        if not backup.get("bkpname"):
+def item_spec(spec: dict) -> dict:
+    """The argument spec of one item: the playbook's, with progress_file for vmbackup_progress_file."""
+    options = {name: dict(option) for name, option in spec.items() if name not in BATCH_ONLY}
+    options["progress_file"] = dict(spec["vmbackup_progress_file"], aliases=["vmbackup_progress_file"])
+    return options
+
+
+def given(values: dict) -> dict:
+    """What was said: an empty or null answer (a blank AWX survey field) is not an answer."""
+    return {name: value for name, value in (values or {}).items() if value is not None and value != ""}
+
+
+def rule_problems(item: dict, rules: dict, word) -> list[str]:
+    """The rules an argument spec cannot say (tasks/validate.yml's, for one backup)."""
+    problems = []
+    patterns = rules["patterns"]
+    if item["node"] not in rules["backup_nodes"]:
+        problems.append("%s: '%s' is not a host of the inventory group backup (it has: %s)"
+                        % (word("node"), item["node"], ", ".join(rules["backup_nodes"]) or "none"))
+    if item.get("compute_node") and item["compute_node"] not in rules["compute_nodes"]:
+        problems.append("%s: '%s' is not a host of the inventory group compute (it has: %s)"
+                        % (word("compute_node"), item["compute_node"], ", ".join(rules["compute_nodes"]) or "none"))
+    if not item.get("hostname") and not item.get("vm_uuid"):
+        problems.append("%s: give the VM's hostname or uuid (or vm_uuid)" % word("hostname"))
+    if item.get("vm_uuid") and not re.match(patterns["uuid"], item["vm_uuid"]):
+        problems.append("%s: '%s' is not a uuid" % (word("vm_uuid"), item["vm_uuid"]))
+    if item["disk_id"] < 1:
+        problems.append("%s: %s is not a disk number (they start at 1)" % (word("disk_id"), item["disk_id"]))
+    for name in ("bwlimit", "retention"):
+        if item[name] < 0:
+            problems.append("%s: %s cannot be negative" % (word(name), item[name]))
+    if item["retention"] > 65536:
+        problems.append("%s: %s is more than 65536" % (word("retention"), item["retention"]))
+    if not re.match(patterns["pool"], item["zpool"]):
+        problems.append("%s: '%s' is not a pool name (a letter, then letters, digits or '_.:-')"
+                        % (word("zpool"), item["zpool"]))
+    if not re.match(patterns["definition"], item["bkpdef"]):
+        problems.append("%s: '%s' is not a definition name (1 to 8 letters, digits or '._-', starting with a "
+                        "letter or digit)" % (word("bkpdef"), item["bkpdef"]))
+    if item.get("bkpname") and not re.match(patterns["backup_name"], item["bkpname"]):
+        problems.append("%s: '%s' is not a backup name (a backup name is <bkpdef>-YYYYMMDD_HHMMSS, for example "
+                        "daily-20261128_040000)" % (word("bkpname"), item["bkpname"]))
+    return problems
+
+
+def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = None, listed: bool = True) -> list:
+    """Each backup with its defaults, checked: `problems` ('' when it may run) names the item and the variable.
+
+    rules: {backup_nodes, compute_nodes, zpools (each backup node's vmbackup_zpool), patterns: {uuid, pool,
+    definition, backup_name}, stamp (UTC %Y%m%d_%H%M%S), created (ISO time)}; shared: the top-level
+    variables; listed: the backups came as the list `backups` (messages then say backups[<n>].<variable>).
+    """
+    options = item_spec(spec)
+    common = {name: value for name, value in given(shared).items() if name in SHARED}
+    items, keys = [], {}
+    for index, raw in enumerate(backups or []):
+        label = "backups[%d]" % index if listed else ""
+
+        def word(name: str, label: str = label) -> str:
+            return "%s.%s" % (label, name) if label else name
+
+        item = {"index": index, "label": label, "created": rules["created"], "problems": "",
+                "failed_task": "Check the variables"}
+        if not isinstance(raw, dict):
+            items.append(dict(item, key=label, problems="%s: not a dict of a backup's variables" % label))
             continue
-        name = batch_key(backup["vm_uuid"], backup["disk_id"], backup["bkpname"])
-        skipped = bool(result.get("skipped"))
-        ok = not skipped and not result.get("failed")
-        entry = {"ok": ok, "msg": ""}
-        if ok:
-            entry.update({field: result.get(field) for field in FIELDS})
+        values = dict(DEFAULTS, **common)
+        values.update(given(raw))
+        if "vmbackup_progress_file" in values:
+            values.setdefault("progress_file", values.pop("vmbackup_progress_file"))
+        checked = ArgumentSpecValidator(options).validate(values)
+        item.update(given(checked.validated_parameters if not checked.error_messages else values))
+        item.pop("vmbackup_progress_file", None)
+        if checked.error_messages:
+            problems = ["%s%s" % (label + ": " if label else "", m) for m in checked.error_messages]
         else:
-            source = snapshot if skipped else result
-            entry["msg"] = str(source.get("msg") or ("snapshot failed" if skipped else "send failed"))
-        report[name] = entry
-    return report
+            item["zpool"] = item.get("zpool") or rules["zpools"].get(item["node"]) or "zones"
+            item["bkpname"] = item.get("bkpname") or "%s-%s" % (item["bkpdef"], rules["stamp"])
+            problems = rule_problems(item, rules, word)
+        item["key"] = batch_key(item.get("vm_uuid") or item.get("hostname") or label, item.get("disk_id"),
+                                item.get("bkpname") or item.get("bkpdef"))
+        if not problems and item["key"] in keys:
+            problems = ["%s: the same disk and backup name as %s" % (label, keys[item["key"]])]
+        keys.setdefault(item["key"], label)
+        item["problems"] = "; ".join(problems)
+        items.append(item)
+    return items
+
+
+def matches(vm: dict, want: str) -> bool:
+    return vm.get("uuid") == want.lower() or str(vm.get("hostname", "")).lower() == want.lower()
+
+
+def batch_locate(items: list, answers: list, compute_hosts: list) -> list:
+    """Each checked backup with its VM (`vm`: uuid, hostname, brand, state, qga_socket, node, disk) found in the
+    looped results of vmbackup.zfs.vm_info (one per compute node), or why not (`problems`)."""
+    by_node = {answer.get("item"): answer for answer in answers or []}
+    located = []
+    for item in items:
+        item = dict(item)
+        located.append(item)
+        if item["problems"]:
+            continue
+
+        def word(name: str, label: str = item["label"]) -> str:
+            return "%s.%s" % (label, name) if label else name
+
+        vm_word = word("vm_uuid" if item.get("vm_uuid") else "hostname")
+        want = item.get("vm_uuid") or item["hostname"]
+        nodes = [item["compute_node"]] if item.get("compute_node") else list(compute_hosts)
+        asked = [by_node[n] for n in nodes if "vms" in by_node.get(n, {})]
+        not_asked = ["%s: %s" % (n, by_node.get(n, {}).get("msg") or "unreachable") for n in nodes
+                     if "vms" not in by_node.get(n, {})]
+        candidates = [(a["item"], [vm for vm in a["vms"] if matches(vm, want)]) for a in asked]
+        candidates = [(node, vms) for node, vms in candidates if vms]
+        item["failed_task"] = "Find the VM and its disk"
+        if not candidates:
+            where = ("%s %s" % (word("compute_node"), item["compute_node"]) if item.get("compute_node") else
+                     "the compute nodes (%s)" % (", ".join(compute_hosts) or "the group compute is empty"))
+            item["problems"] = "%s: VM '%s' not found on %s%s" % (
+                vm_word, want, where, ("; not asked: " + "; ".join(not_asked)) if not_asked else "")
+            continue
+        if len(candidates) > 1 or len(candidates[0][1]) > 1:
+            item["problems"] = "%s: '%s' names several VMs (on %s); give the uuid or %s" % (
+                vm_word, want, ", ".join(node for node, _vms in candidates), word("compute_node"))
+            continue
+        node, (vm,) = candidates[0]
+        disk = next((d for d in vm.get("disks") or [] if d.get("disk_id") == item["disk_id"]), None)
+        if disk is None:
+            item["problems"] = "%s: VM %s has no disk %s (its disks: %s)" % (
+                word("disk_id"), vm["hostname"], item["disk_id"],
+                ", ".join(str(d["disk_id"]) for d in vm.get("disks") or []) or "none")
+            continue
+        item["vm"] = dict(vm, node=node, disk=disk)
+        item["key"] = batch_key(vm["uuid"], item["disk_id"], item["bkpname"])
+        item["failed_task"] = ""
+    return located
+
+
+def batch_nodes(items: list) -> list:
+    """The backups that may run, by compute node ({node, items}), the node with the most disks first."""
+    nodes: dict[str, list] = {}
+    for item in items:
+        if not item["problems"]:
+            nodes.setdefault(item["vm"]["node"], []).append(item)
+    return sorted(({"node": node, "items": group} for node, group in nodes.items()),
+                  key=lambda group: -len(group["items"]))
+
+
+def record(item: dict, outcome: dict | None) -> dict:
+    """One backup's record: what it is, and what its snapshot, send and prune did (or why it failed)."""
+    vm = item.get("vm") or {}
+    outcome = outcome or {"ok": False, "failed_task": item["failed_task"] or "Back up the disks of each compute node",
+                          "msg": item["problems"] or "not run: its compute node %s did not run it (unreachable?)"
+                          % vm.get("node")}
+    snapshot, sent, pruned = outcome.get("snapshot") or {}, outcome.get("send") or {}, outcome.get("pruned") or {}
+    fsfreeze = snapshot.get("fsfreeze")
+    if fsfreeze is None and item.get("fsfreeze") and not item.get("problems"):
+        fsfreeze = {"frozen": False, "msg": "fsfreeze: no guest agent socket known for %s; the snapshot was taken "
+                                            "without it" % vm.get("hostname")}
+    dataset = (vm.get("disk") or {}).get("dataset")
+    return {
+        "ok": bool(outcome.get("ok")), "msg": outcome.get("msg") or "", "failed_task": outcome.get("failed_task"),
+        "cleanup": outcome.get("cleanup") or [], "name": item.get("bkpname"), "define": item.get("bkpdef"),
+        "hostname": vm.get("hostname") or item.get("hostname"), "vm_uuid": vm.get("uuid") or item.get("vm_uuid"),
+        "disk_id": item.get("disk_id"), "compute_node": vm.get("node") or item.get("compute_node"),
+        "source": sent.get("source") or ("%s@%s" % (dataset, item.get("bkpname")) if dataset else None),
+        "node": item.get("node"), "zpool": item.get("zpool"), "type": item.get("type"), "created": item["created"],
+        "size": sent.get("size"), "time": sent.get("time") or 0, "target": sent.get("target"),
+        "file_path": sent.get("file_path"), "checksum": sent.get("checksum"), "manifest": sent.get("manifest"),
+        "incremental": sent.get("incremental"), "base": sent.get("base"), "kept_aside": sent.get("kept_aside"),
+        "pruned_source": sent.get("pruned_source") or [], "cmd": sent.get("cmd"), "fsfreeze": fsfreeze,
+        "retention": item.get("retention"), "pruned": pruned.get("destroyed") or [], "kept": pruned.get("kept") or [],
+    }
+
+
+def batch_result(items: list, outcomes: list, check: bool = False) -> dict:
+    """The run's vmbackup_result: {ok, check, backups: {key: record}}, and a single backup's record at the top."""
+    done: dict = {}
+    for found in outcomes or []:
+        done.update(found or {})
+    records = {item["key"]: record(item, done.get(item["key"])) for item in items}
+    result = {"ok": all(r["ok"] for r in records.values()), "check": bool(check), "backups": records}
+    if len(records) == 1:
+        result.update(next(iter(records.values())), check=bool(check))
+    return result
+
+
+def batch_said(result: dict, check: bool = False) -> list[str]:
+    """What the run did (or, in check mode, would do), one line per step; a batch's lines name each backup."""
+    said = []
+    would = "would " if check else ""
+    several = len(result["backups"]) > 1
+    for key, one in result["backups"].items():
+        lines = []
+        if not one["ok"]:
+            lines.append("failed at %s: %s" % (one["failed_task"], one["msg"]))
+        elif one["target"]:
+            how = ("a file backup" if one["type"] == 2 else "an incremental backup from @%s" % one["base"]
+                   if one["incremental"] else "a full backup")
+            lines.append("%s%s %s to %s:%s as %s" % (would, "send" if check else "sent", one["source"], one["node"],
+                                                    one["target"], how))
+            if one["kept_aside"]:
+                lines.append("%skeep the broken chain aside as %s" % (would, one["kept_aside"]))
+            if check:
+                lines.append("the command: %s" % one["cmd"])
+        else:
+            lines.append("%s: not sent (the send step was skipped)" % one["name"])
+        if one["ok"] and one["retention"]:
+            lines.append("retention %s: %s%s" % (one["retention"], would + "delete " if one["pruned"]
+                                                  else "nothing to delete", ", ".join(one["pruned"])))
+        said += ["%s: %s" % (key, line) for line in lines] if several else lines
+    return said
+
+
+def batch_failures(result: dict) -> str:
+    """Why the run failed: the failed step and reason of each backup that failed (by key, in a batch)."""
+    failed = [(key, one) for key, one in result["backups"].items() if not one["ok"]]
+    if len(result["backups"]) == 1:
+        return "; ".join("%s: %s" % (one["failed_task"], one["msg"]) for _key, one in failed)
+    return "%d of %d backups failed: %s" % (len(failed), len(result["backups"]), "; ".join(
+        "%s: %s: %s" % (key, one["failed_task"], one["msg"]) for key, one in failed))
 
 
 class FilterModule:
     def filters(self) -> dict:
-        return {"batch_report": batch_report}
+        return {"batch_key": batch_key, "batch_items": batch_items, "batch_locate": batch_locate,
+                "batch_nodes": batch_nodes, "batch_result": batch_result, "batch_said": batch_said, "batch_failures": batch_failures}
