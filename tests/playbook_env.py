@@ -13,13 +13,14 @@ from ansible_run import ENV, REPO
 COMPUTE, BACKUP = "lab-compute", "lab-backup"
 
 
-def lab_inventory(lab, tmp_path, name: str = "hosts.yml", **compute_vars) -> str:
-    """The lab as an inventory: compute node lab-compute (pool <tag>zones), backup node lab-backup (<tag>bkp)."""
+def lab_inventory(lab, tmp_path, name: str = "hosts.yml", more_compute: dict | None = None, **compute_vars) -> str:
+    """The lab as an inventory: compute node lab-compute (pool <tag>zones), backup node lab-backup (<tag>bkp);
+    more_compute: other compute hosts, by name, with their host vars."""
     compute = {"vmbackup_pool": lab.compute_pool, "vmbackup_backend": "zfs"}
     compute.update(compute_vars)
     data = {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-        "children": {"compute": {"hosts": {COMPUTE: compute}},
+        "children": {"compute": {"hosts": dict({COMPUTE: compute}, **(more_compute or {}))},
                      "backup": {"hosts": {BACKUP: {"vmbackup_zpool": lab.backup_pool}}}}}}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
