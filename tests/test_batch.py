@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 from conftest import TAG, destroy, snapshots, zfs
-from playbook_env import BACKUP, COMPUTE, Run, lab_inventory
+from playbook_env import BACKUP, Run, lab_inventory
 from test_snapshot import FakeGuestAgent
 
 from vmbackup import lab as labmod
@@ -116,7 +116,7 @@ def test_a_batch_of_three_disks_gives_the_records_and_manifests_of_three_single_
     single_time = time.monotonic() - started
     for run in singles:
         assert run.ok and run.result["ok"], run
-    records = {k: run.result["backups"][k] for k, run in zip(keys, singles)}
+    records = {k: run.result["backups"][k] for k, run in zip(keys, singles, strict=True)}
     manifests = {k: manifest(r["manifest"]) for k, r in records.items()}
     assert [c for c, _snap in agent.log if c != "guest-sync"] == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
     for record in records.values():

@@ -289,4 +289,5 @@ def batch_failures(result: dict) -> str:
 class FilterModule:
     def filters(self) -> dict:
         return {"batch_key": batch_key, "batch_items": batch_items, "batch_locate": batch_locate,
-                "batch_nodes": batch_nodes, "batch_result": batch_result, "batch_said": batch_said, "batch_failures": batch_failures}
+                "batch_nodes": batch_nodes, "batch_result": batch_result, "batch_said": batch_said,
+                "batch_failures": batch_failures}
