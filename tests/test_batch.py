@@ -3,6 +3,7 @@ backup each; a backup that cannot be made is reported and does not stop the othe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 from conftest import TAG, destroy, snapshots, zfs
 from playbook_env import BACKUP, Run, lab_inventory
 from test_snapshot import FakeGuestAgent
@@ -18,6 +20,7 @@ from test_snapshot import FakeGuestAgent
 from vmbackup import lab as labmod
 from vmbackup.lab import ensure_sshd, new_vm
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPUTE2 = "lab-compute2"
 
 
@@ -205,3 +208,33 @@ def test_top_level_variables_are_the_batch_items_defaults_and_check_mode_plans_e
     assert second_record["type"] == 1 and second_record["incremental"] is False and "zfs send" in second_record["cmd"]
     assert snapshots(first.disk(lab.compute_pool, 0)) == [] == snapshots(second.disk(lab.compute_pool, 0))
     assert "would send" in run.messages[-1] and first.uuid in run.messages[-1]
+
+
+def test_each_item_is_checked_alone_and_a_repeated_disk_and_name_is_refused():
+    """batch_items (collection/plugins/filter/report.py) without a run: the messages name the item and the variable."""
+    spec = importlib.util.spec_from_file_location(
+        "report", os.path.join(REPO, "collection", "plugins", "filter", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    with open(os.path.join(REPO, "playbooks", "vars", "argument_specs.yml")) as handle:
+        options = yaml.safe_load(handle)["vmbackup_argument_specs"]["backup"]["options"]
+    with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
+        common = yaml.safe_load(handle)
+    rules = {"backup_nodes": [BACKUP], "compute_nodes": ["lab-compute"], "zpools": {BACKUP: "bkp"},
+             "patterns": {name: common["vmbackup_%s_re" % name] for name in ("uuid", "pool", "definition",
+                                                                              "backup_name")},
+             "stamp": "20261214_010000", "created": "2026-12-14T01:00:00Z"}
+    given = [{"hostname": "a.lab", "vmbackup_progress_file": "/tmp/a.json"}, {"hostname": "a.lab"}, "a.lab",
+             {"hostname": "b.lab", "colour": "red"}, {"hostname": "c.lab", "disk_id": "two"}, {"bkpdef": "x" * 9}]
+    items = report.batch_items(given, options, rules, {"node": BACKUP, "bkpdef": "daily", "hostname": "no.lab"})
+    assert [(i["key"], i["problems"]) for i in items[:3]] == [
+        ("a.lab:1:daily-20261214_010000", ""),
+        ("backups[1]", "backups[1]: the same disk and backup name as backups[0]"),
+        ("backups[2]", "backups[2]: not a dict of a backup's variables")]
+    assert items[0]["progress_file"] == "/tmp/a.json" and items[0]["zpool"] == "bkp" and "hostname" in items[0]
+    assert items[3]["problems"].startswith("backups[3].colour: not a variable of a backup")
+    assert items[4]["problems"].startswith("backups[4]: argument 'disk_id' is of type")
+    assert items[5]["problems"].split("; ") == [  # hostname is each item's own: the top-level one is not shared
+        "backups[5].hostname: give the VM's hostname or uuid (or vm_uuid)",
+        "backups[5].bkpdef: 'xxxxxxxxx' is not a definition name (1 to 8 letters, digits or '._-', starting with a "
+        "letter or digit)"]

@@ -116,7 +116,7 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
     """
     options = item_spec(spec)
     common = {name: value for name, value in given(shared).items() if name in SHARED}
-    items, keys = [], {}
+    items = []
     for index, raw in enumerate(backups or []):
         label = "backups[%d]" % index if listed else ""
 
@@ -132,22 +132,31 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
         values.update(given(raw))
         if "vmbackup_progress_file" in values:
             values.setdefault("progress_file", values.pop("vmbackup_progress_file"))
-        checked = ArgumentSpecValidator(options).validate(values)
+        unknown = sorted(name for name in values if name not in options)
+        checked = ArgumentSpecValidator(options).validate({k: v for k, v in values.items() if k in options})
         item.update(given(checked.validated_parameters if not checked.error_messages else values))
-        item.pop("vmbackup_progress_file", None)
-        if checked.error_messages:
-            problems = ["%s%s" % (label + ": " if label else "", m) for m in checked.error_messages]
-        else:
+        problems = ["%s: not a variable of a backup (they are: %s)" % (word(name), ", ".join(sorted(options)))
+                    for name in unknown]
+        problems += ["%s%s" % (label + ": " if label else "", m) for m in checked.error_messages]
+        if not problems:
             item["zpool"] = item.get("zpool") or rules["zpools"].get(item["node"]) or "zones"
-            item["bkpname"] = item.get("bkpname") or "%s-%s" % (item["bkpdef"], rules["stamp"])
             problems = rule_problems(item, rules, word)
+            item["bkpname"] = item.get("bkpname") or "%s-%s" % (item["bkpdef"], rules["stamp"])
         item["key"] = batch_key(item.get("vm_uuid") or item.get("hostname") or label, item.get("disk_id"),
                                 item.get("bkpname") or item.get("bkpdef"))
-        if not problems and item["key"] in keys:
-            problems = ["%s: the same disk and backup name as %s" % (label, keys[item["key"]])]
-        keys.setdefault(item["key"], label)
         item["problems"] = "; ".join(problems)
         items.append(item)
+    return apart(items)
+
+
+def apart(items: list) -> list:
+    """Refuse a backup whose key an earlier one has (the same disk and name twice); it is keyed by its label."""
+    seen: dict = {}
+    for item in items:
+        if item["key"] in seen:
+            item.update(problems="%s: the same disk and backup name as %s" % (item["label"], seen[item["key"]]),
+                        key=item["label"] or item["key"], failed_task=item["failed_task"] or "Check the variables")
+        seen.setdefault(item["key"], item["label"])
     return items
 
 
@@ -198,7 +207,7 @@ def batch_locate(items: list, answers: list, compute_hosts: list) -> list:
         item["vm"] = dict(vm, node=node, disk=disk)
         item["key"] = batch_key(vm["uuid"], item["disk_id"], item["bkpname"])
         item["failed_task"] = ""
-    return located
+    return apart(located)
 
 
 def batch_nodes(items: list) -> list:
