@@ -238,3 +238,20 @@ def test_each_item_is_checked_alone_and_a_repeated_disk_and_name_is_refused():
         "backups[5].hostname: give the VM's hostname or uuid (or vm_uuid)",
         "backups[5].bkpdef: 'xxxxxxxxx' is not a definition name (1 to 8 letters, digits or '._-', starting with a "
         "letter or digit)"]
+
+
+def test_a_backup_node_that_does_not_answer_fails_its_backups_alone(lab, tmp_path, second_node):
+    inventory = lab_inventory(lab, tmp_path, more_compute={COMPUTE2: second_node[1]})
+    with open(inventory) as handle:
+        hosts = yaml.safe_load(handle)
+    hosts["all"]["children"]["backup"]["hosts"]["lab-gone"] = {
+        "ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1, "vmbackup_zpool": lab.backup_pool}
+    with open(inventory, "w") as handle:
+        yaml.safe_dump(hosts, handle)
+    there, gone = fresh_vm(lab, "thr"), fresh_vm(lab, "gon")
+    run = Run("backup.yml", {"backups": [item(gone, "daily-20261215_010000", node="lab-gone"),
+                                         item(there, "daily-20261215_010000")]}, inventory)
+    assert not run.ok, run
+    failed = run.result["backups"][key(gone, 1, "daily-20261215_010000")]
+    assert failed["ok"] is False and failed["msg"].startswith("node: lab-gone is unreachable"), failed
+    assert run.result["backups"][key(there, 1, "daily-20261215_010000")]["ok"] is True, run
