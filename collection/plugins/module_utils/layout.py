@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Names and places: what a valid ZFS name is, where backups live, how files are compressed.
 
 Each fact here has no other home; modules, playbooks and the API import it from this file.

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ description:
     protected for it. When the compute node cannot be asked, nothing is deleted.
   - Idempotent. Backups already gone are listed in C(absent).
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.zfs.node.SOURCE
 options:

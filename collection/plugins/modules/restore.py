@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ description:
     (same guid, same snapshots, same data).
   - The snapshot that came with the stream is removed from the restored disk, so that it holds no snapshot.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.zfs.node.TARGET
 options:
@@ -233,8 +234,8 @@ class Restore:
     def check_target(self) -> None:
         """The target disk exists, and has no snapshots unless force; note what it is like."""
         if not dataset_exists(self.target, self.disk):
-            raise RestoreFailed("target: %s does not exist on %s%s" % (self.disk, self.target.name,
-                                                                      self._leftovers_hint()))
+            raise RestoreFailed("target: %s does not exist on %s%s"
+                                % (self.disk, self.target.name, self._leftovers_hint()))
         values = self.target.get([self.disk], ["guid", "type", "mounted"])[self.disk]
         self._old_guid, self._was_mounted = values["guid"], values.get("mounted") == "yes"
         self._old_type = values["type"]
@@ -312,8 +313,8 @@ class Restore:
             raise RestoreFailed("%s has no readable manifest with a checksum (%s): it cannot be verified"
                                 % (path, layout.file_manifest_path(path)))
         if manifest.get("backup") not in (None, self.p["backup"]):
-            raise RestoreFailed("file_path: %s holds the backup %s, not %s" % (path, manifest["backup"],
-                                                                             self.p["backup"]))
+            raise RestoreFailed("file_path: %s holds the backup %s, not %s"
+                                % (path, manifest["backup"], self.p["backup"]))
         checksum = common.sha256_of(path)
         if checksum != manifest["checksum"]:
             raise RestoreFailed("%s is damaged: its sha256 is %s, its manifest says %s; nothing was changed"
@@ -355,8 +356,8 @@ class Restore:
             retry_busy(functools.partial(self.target.destroy, snap.full))  # the one that came with the stream
         new = self.target.get([self.disk], ["type", "volsize", "volblocksize"])[self.disk]
         if new["type"] != self._old_type:
-            raise RestoreFailed("the backup holds a %s, the target %s was a %s" % (new["type"], self.disk,
-                                                                                  self._old_type))
+            raise RestoreFailed("the backup holds a %s, the target %s was a %s"
+                                % (new["type"], self.disk, self._old_type))
         if new.get("volblocksize", "-") != old_blocksize:
             self.module.warn("volblocksize of %s is %s now (the backup's), it was %s" % (
                 self.disk, new.get("volblocksize"), old_blocksize))
@@ -429,7 +430,6 @@ class Restore:
         except ZfsError as err:
             done.append("FAILED to inspect %s: %s" % (self.disk, err))
         return done
-
 
     def _destroy_half_received(self) -> None:
         """A killed `zfs receive` removes its dataset itself, maybe while we look: gone counts as done."""

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ description:
   - A failed or interrupted transfer leaves no partial file, no half-received snapshot or dataset, and
     (with I(destroy_snapshot_on_failure)) no new snapshot on the source; the next run starts clean.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
 extends_documentation_fragment:
   - vmbackup.zfs.node.SOURCE
 options:

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ description:
     reported in C(fsfreeze) and as a warning; the snapshot is still made.
   - Names are checked before any command runs.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
 options:
   dataset:
     description: The VM disk, for example C(zones/<uuid>-disk0) (a zvol) or C(zones/<uuid>) (an OS zone).
