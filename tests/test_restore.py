@@ -186,7 +186,7 @@ def test_a_failure_after_the_receive_destroys_the_new_disk_and_puts_the_old_one_
     assert not backup(lab, vm, "daily-20261129_055000").failed  # 8 MiB: more than the 4 MiB quota of `small`
     before = state(target)
     res = restore(lab, vm, "daily-20261129_055000", target)
-    assert res.failed and "quota" in res["failed_cmd"], dumps(res)
+    assert res.failed and "quota" in res["cmd"] and res["rc"] and res["stderr"], dumps(res)
     assert res["cleanup"][0] == "destroy half-received %s" % target, dumps(res)
     assert state(target) == before
     assert leftovers(target) == []

@@ -4,7 +4,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Names and places: what a valid ZFS name is, where backups live, how files are compressed.
 
-Each fact here has no other home; modules, playbooks and the API import it from this file.
+Each fact here has no other home; modules, playbooks and the API import it from this file. Every
+pattern is matched against a whole name (re.fullmatch): with `.match`, `$` would let a trailing
+newline through. The patterns keep their `^...$` so that the playbooks' copies stay equal to them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def invalid_dataset(name: str) -> str | None:
         return "must be a non-empty string"
     if len(name) > MAX_NAME:
         return "is longer than %d characters" % MAX_NAME
-    if not DATASET_RE.match(name) or ".." in name:
+    if not DATASET_RE.fullmatch(name) or ".." in name:
         return ("'%s' is not a ZFS dataset name: use pool/path components of letters, digits and "
                 "'_.:-', each starting with a letter or digit" % name)
     return None
@@ -54,7 +56,7 @@ def invalid_snapshot_name(name: str) -> str | None:
     """Why `name` is not a snapshot name (the part after '@'), or None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
-    if len(name) > MAX_NAME or not SNAPSHOT_NAME_RE.match(name) or ".." in name:
+    if len(name) > MAX_NAME or not SNAPSHOT_NAME_RE.fullmatch(name) or ".." in name:
         return ("'%s' is not a snapshot name: use letters, digits and '_.:-', starting with a "
                 "letter or digit" % name)
     return None
@@ -62,14 +64,45 @@ def invalid_snapshot_name(name: str) -> str | None:
 
 def invalid_pool(name: str) -> str | None:
     """Why `name` is not a pool name, or None."""
-    if not isinstance(name, str) or not POOL_RE.match(name) or len(name) > MAX_NAME:
+    if not isinstance(name, str) or not POOL_RE.fullmatch(name) or len(name) > MAX_NAME:
         return "'%s' is not a pool name: start with a letter, then letters, digits or '_.:-'" % name
     return None
 
 
+def invalid_uuid(value: str) -> str | None:
+    """Why `value` is not a VM uuid, or None."""
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+        return "'%s' is not a uuid" % value
+    return None
+
+
+def is_disk_dataset(name: str) -> bool:
+    """Whether `name` is a VM disk in the vmbackup layout (`<pool>/<uuid>-disk<N>` or `<pool>/<uuid>`)."""
+    return isinstance(name, str) and DISK_DATASET_RE.fullmatch(name) is not None
+
+
+def invalid_definition(name: str) -> str | None:
+    """Why `name` is not a backup definition name as the API allows it, or None."""
+    if not isinstance(name, str) or not DEFINITION_RE.fullmatch(name):
+        return "'%s' is not a backup definition name (1-8 letters, digits or '._-')" % name
+    return None
+
+
+def invalid_backup_name(name: str) -> str | None:
+    """Why `name` is not a backup name `<definition>-YYYYMMDD_HHMMSS`, or None."""
+    if not isinstance(name, str) or not BACKUP_NAME_RE.fullmatch(name):
+        return "'%s' is not a backup name (<definition>-YYYYMMDD_HHMMSS)" % name
+    return None
+
+
+def backup_kind(value: str) -> str:
+    """`dataset` or `file`, from the module option that also takes the API's type codes 1 and 2."""
+    return {"1": "dataset", "2": "file"}.get(str(value), value)
+
+
 def disk_of(dataset: str) -> tuple[str, int]:
     """The VM uuid and 0-based disk number of a VM disk dataset (an OS zone's root is disk 0)."""
-    match = DISK_DATASET_RE.match(dataset)
+    match = DISK_DATASET_RE.fullmatch(dataset) if isinstance(dataset, str) else None
     if not match:
         raise ValueError("'%s' is not a VM disk (expected <pool>/<uuid>-disk<N> or <pool>/<uuid>)" % dataset)
     return match.group("uuid").lower(), int(match.group("disk") or 0)
@@ -152,7 +185,6 @@ def compression_of_file(path: str) -> str:
                      % (path, ", ".join(e["ext"] for e in COMPRESSION.values() if e["ext"])))
 
 
-# -- restore, prune and listing ----------------------------------------------------------------
 # send.py keeps a backup dataset whose chain broke aside as `<target>-aside-<time>`; its snapshots
 # are still backups of that disk, so listing, restore and prune look there too.
 DATASET_ASIDE_MARK = "-aside-"
@@ -178,7 +210,7 @@ def dataset_backup_root(zpool: str) -> str:
 
 def backup_dataset_leaf(leaf: str) -> tuple[str, int, bool] | None:
     """(vm uuid, 0-based disk, kept aside?) of a dataset under dataset_backup_root(), or None."""
-    match = BACKUP_DATASET_LEAF_RE.match(leaf)
+    match = BACKUP_DATASET_LEAF_RE.fullmatch(leaf)
     if not match:
         return None
     return match.group("uuid").lower(), int(match.group("disk")), match.group("aside") is not None
@@ -186,7 +218,7 @@ def backup_dataset_leaf(leaf: str) -> tuple[str, int, bool] | None:
 
 def backup_of_file(filename: str) -> str | None:
     """The backup name of a file backup's file name (`<bkpname>-full.zfs[.ext]`), or None."""
-    match = BACKUP_FILE_RE.match(filename)
+    match = BACKUP_FILE_RE.fullmatch(filename)
     if not match or not any(e["ext"] == (match.group("ext") or "") for e in COMPRESSION.values()):
         return None
     return match.group("backup")
