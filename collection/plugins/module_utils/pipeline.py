@@ -108,7 +108,7 @@ class Pipeline:
                 last_proc.stdout.close()
             if on_progress and watch is not None:
                 self._report(errfiles[watch], on_progress)
-            for stage, proc, err in zip(self.stages, self._procs, errfiles, strict=True):
+            for stage, proc, err in zip(self.stages, self._procs, errfiles):  # noqa: B905 (Python 3.8 on nodes)
                 stage.returncode = proc.wait()
                 err.seek(0)
                 stage.stderr = err.read().decode("utf-8", "replace")
