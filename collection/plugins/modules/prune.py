@@ -26,8 +26,8 @@ description:
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
 requirements:
-  - Python 3.8 or newer on the backup node (and on the compute node when I(source) is given).
-  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) to reach the compute node.
+  - Python 3.8 or newer on the backup node (the compute node is only asked by ssh to run C(zfs))
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) to reach the compute node
 extends_documentation_fragment:
   - vmbackup.zfs.attributes
   - vmbackup.zfs.attributes.FAILURE

@@ -29,10 +29,10 @@ description:
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
 requirements:
-  - Python 3.8 or newer on the backup node.
-  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node.
+  - Python 3.8 or newer on the backup node
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node
   - On the backup node, C(pv) (progress, I(bwlimit)) or C(mbuffer) (I(bwlimit) only), C(sha256sum), and the
-    decompressor of a file backup.
+    decompressor of a file backup
 extends_documentation_fragment:
   - vmbackup.zfs.attributes
   - vmbackup.zfs.attributes.FAILURE

@@ -28,10 +28,10 @@ description:
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
 requirements:
-  - Python 3.8 or newer on the backup node.
-  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node.
+  - Python 3.8 or newer on the backup node
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node
   - On the backup node, C(pv) (progress, I(bwlimit)) or C(mbuffer) (I(bwlimit) only); the compressor of
-    I(compression); C(sha256sum) or C(openssl) for file backups.
+    I(compression); C(sha256sum) or C(openssl) for file backups
 extends_documentation_fragment:
   - vmbackup.zfs.attributes
   - vmbackup.zfs.attributes.FAILURE

@@ -21,8 +21,8 @@ description:
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
 requirements:
-  - Python 3.8 or newer on the node.
-  - ZFS on the node (OpenZFS 2.x, illumos or zfs-fuse).
+  - Python 3.8 or newer on the node
+  - ZFS on the node (OpenZFS 2.x, illumos or zfs-fuse)
 extends_documentation_fragment:
   - vmbackup.zfs.attributes
   - vmbackup.zfs.attributes.FAILURE

@@ -25,8 +25,8 @@ description:
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
 requirements:
-  - Python 3.8 or newer on the node.
-  - One of SmartOS C(vmadm), libvirt C(virsh), or ZFS datasets in the vmbackup layout on the node.
+  - Python 3.8 or newer on the node
+  - One of SmartOS C(vmadm), libvirt C(virsh), or ZFS datasets in the vmbackup layout on the node
 extends_documentation_fragment:
   - vmbackup.zfs.attributes.INFO_MODULE
   - vmbackup.zfs.attributes.FAILURE
