@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 
+import ansible_runner
 import yaml
-from ansible_run import run_playbook
+from ansible_run import ENV, REPO
 
 COMPUTE, BACKUP = "lab-compute", "lab-backup"
 
@@ -24,16 +27,26 @@ def lab_inventory(lab, tmp_path, name: str = "hosts.yml", **compute_vars) -> str
 
 
 class Run:
-    """One playbook run: its status, its vmbackup_result, its failure messages, its task counts."""
+    """One playbook run: its status, its vmbackup_result, its failure messages, its task counts; `options`
+    are ansible-playbook's own (--check, --diff, --tags ...)."""
 
-    def __init__(self, playbook: str, extravars: dict, inventory: str):
-        self.runner = run_playbook(playbook, extravars, inventory=inventory)
+    def __init__(self, playbook: str, extravars: dict, inventory: str, *options: str):
+        self.runner = ansible_runner.run(
+            private_data_dir=tempfile.mkdtemp(prefix="vmbackup-runner-"),
+            playbook=os.path.join(REPO, "playbooks", playbook), inventory=inventory, extravars=extravars,
+            envvars=ENV, quiet=True, timeout=900, cmdline=" ".join(options) or None)
         self.status = self.runner.status
         self.result: dict = {}
         self.failures: list[tuple[str, str]] = []
         self.changed = 0
+        self.tasks: list[str] = []  # the tasks that ran (not skipped), in order
+        self.messages: list[str] = []  # what debug tasks said
         for event in self.runner.events:
             data = event.get("event_data", {})
+            if event.get("event") in ("runner_on_ok", "runner_on_failed"):
+                self.tasks.append(data.get("task", ""))
+                if data.get("task_action") == "ansible.builtin.debug":
+                    self.messages.append(str(data["res"].get("msg")))
             if event.get("event") == "playbook_on_stats":
                 self.result = (data.get("artifact_data") or {}).get("vmbackup_result") or {}
                 self.changed = sum((data.get("changed") or {}).values())

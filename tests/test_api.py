@@ -351,8 +351,8 @@ def test_lost_backup_is_removed_from_the_records_at_once(env):
 def test_size_limit_refuses_new_backups(env, lab):
     other = new_env(lab)
     store = Store(other.data_dir)
-    for name, roles in (("tc", ["compute"]), ("tb", ["backup"])):
-        store.upsert_node({"name": name, "roles": roles, "operational": True, "pools": None})
+    for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
+        store.upsert_node({"name": name, "roles": roles, "operational": True, "pools": {pool: {"free": 10**10}}})
     vm = env.vms["b"]
     seed(store, lab, vm)
     store.insert_backup({"hostname": vm.hostname, "vm_uuid": vm.uuid, "define": "x", "name": "x-20260101_000000",

@@ -1,17 +1,21 @@
-"""The AWX/Tower files: surveys in AWX's survey JSON whose variables are the playbooks' own, job templates
-that name existing playbooks and surveys, a collections/requirements.yml an AWX project sync can install,
-and an execution-environment.yml that ansible-builder accepts."""
+"""The AWX/Tower files: surveys in AWX's survey JSON whose variables are the playbooks' own and that AWX
+saves and launches with only what an operator must say, launch examples in docs/AWX.md that AWX accepts,
+job templates that name existing playbooks and surveys, a collections/requirements.yml an AWX project sync
+can install, and an execution-environment.yml that ansible-builder accepts."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_run import REPO
 
 SURVEYS = os.path.join(REPO, "awx", "surveys")
@@ -43,6 +47,255 @@ def survey(name: str) -> dict:
         return json.load(handle)
 
 
+# -- AWX's survey rules --------------------------------------------------------------------------------------
+# Written from what ansible/awx states (24.6.1-145-ge21dd0a, October 2024), not copied from it:
+# - saving a survey: awx/api/views/__init__.py JobTemplateSurveySpec._validate_spec_data, with the question
+#   types of awx/main/constants.py SURVEY_TYPE_MAPPING;
+# - launching: awx/api/serializers.py JobLaunchSerializer.validate calls the template's
+#   _accept_or_ignore_job_kwargs, which checks extra_vars with awx/main/models/mixins.py
+#   SurveyJobTemplateMixin._accept_or_ignore_variables: each question through _survey_element_validation,
+#   any failure refusing the launch under variables_needed_to_start; variables no question asks for are
+#   kept only with ask_variables_on_launch (else ignored);
+# - variables_needed_to_start (mixins.py) is every question marked required, defaults or not: a launch must
+#   give each of them;
+# - the job's variables (mixins.py _update_unified_job_kwargs): the survey's defaults that pass their own
+#   question's validation, then the launch's extra_vars over them.
+SURVEY_TYPES = {"text": (str,), "textarea": (str,), "password": (str,), "multiplechoice": (str,),
+                "multiselect": (str,), "integer": (int,), "float": (float, int)}
+
+
+def spec_errors(survey: dict) -> list[str]:
+    """Why AWX would refuse to save this survey ([] if it would not)."""
+    errors = []
+    for field, kind in (("name", str), ("description", str), ("spec", list)):
+        if not isinstance(survey.get(field), kind):
+            errors.append("%s: missing, or not a %s" % (field, kind.__name__))
+    if errors or not survey["spec"]:
+        return errors or ["spec: no questions"]
+    seen = set()
+    for index, question in enumerate(survey["spec"]):
+        where = "question %d" % index
+        if not isinstance(question, dict):
+            errors.append("%s: not an object" % where)
+            continue
+        for field, kind in (("type", str), ("question_name", str), ("variable", str), ("required", bool)):
+            if not isinstance(question.get(field), kind):
+                errors.append("%s: %s missing, or not a %s" % (where, field, kind.__name__))
+        if errors:
+            continue
+        if question["variable"] in seen:
+            errors.append("%s: variable %s asked twice" % (where, question["variable"]))
+        seen.add(question["variable"])
+        qtype = question["type"]
+        if qtype not in SURVEY_TYPES:
+            errors.append("%s: type %s is not one of %s" % (where, qtype, ", ".join(SURVEY_TYPES)))
+            continue
+        default = question.get("default", "")
+        if default != "" and not isinstance(default, SURVEY_TYPES[qtype]):
+            errors.append("%s: default %r is not a %s" % (where, default, qtype))
+        for limit in ("min", "max"):
+            if question.get(limit) is not None and not isinstance(question[limit], int):
+                errors.append("%s: %s is not an integer" % (where, limit))
+        if qtype in ("multiplechoice", "multiselect"):
+            if "choices" not in question:
+                errors.append("%s: a %s question needs choices" % (where, qtype))
+                continue
+            defaults = default.splitlines() if isinstance(default, str) else default
+            if qtype == "multiplechoice" and len(defaults) > 1:
+                errors.append("%s: a multiplechoice question has one default" % where)
+            if any(d not in choices_of(question) for d in defaults):
+                errors.append("%s: default %r is not among the choices" % (where, default))
+    return errors
+
+
+def choices_of(question: dict) -> list:
+    """A question's choices: a list, or a string with one choice a line."""
+    choices = question["choices"]
+    return [c for c in choices.splitlines() if c.strip()] if isinstance(choices, str) else list(choices)
+
+
+def answer_errors(question: dict, answers: dict) -> list[str]:
+    """Why AWX refuses the answer to one question (with AWX's wording), [] if it accepts it."""
+    variable, qtype = question["variable"], question["type"]
+    if variable not in answers:
+        return ["'%s' value missing" % variable] if question["required"] else []
+    value = answers[variable]
+
+    def limit(name: str):
+        return None if question.get(name) in ("", None) else question[name]
+
+    low, high = limit("min"), limit("max")
+    if qtype in ("text", "textarea", "password"):
+        if not isinstance(value, str):
+            return ["Value %s for '%s' expected to be a string." % (value, variable)]
+        too = []
+        if low is not None and len(value) < int(low):
+            too.append("'%s' value %s is too small (length is %s must be at least %s)."
+                       % (variable, value, len(value), low))
+        if high is not None and len(value) > int(high):
+            too.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, high))
+        return too
+    if qtype in ("integer", "float"):
+        if (type(value) is not int) if qtype == "integer" else (type(value) not in (int, float)):  # bools are not
+            return ["Value %s for '%s' expected to be %s." % (value, variable, "an integer" if qtype == "integer"
+                                                               else "a numeric type")]
+        cast = int if qtype == "integer" else float
+        too = []
+        if low is not None and value < cast(low):
+            too.append("'%s' value %s is too small (must be at least %s)." % (variable, value, low))
+        if high is not None and value > cast(high):
+            too.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, high))
+        return too
+    if qtype == "multiselect":
+        if type(value) is not list:
+            return ["'%s' value is expected to be a list." % variable]
+        return ["Value %s for '%s' expected to be one of %s." % (v, variable, choices_of(question))
+                for v in value if v not in choices_of(question)]
+    if value not in choices_of(question):  # multiplechoice: the value itself, no conversion
+        return ["Value %s for '%s' expected to be one of %s." % (value, variable, choices_of(question))]
+    return []
+
+
+def launch(survey: dict, extra_vars: dict, ask_variables_on_launch: bool = True) -> tuple[list[str], dict]:
+    """What AWX does with a launch's extra_vars: (the reasons it refuses them, the job's variables)."""
+    errors = [e for q in survey["spec"] for e in answer_errors(q, extra_vars)]
+    asked = {q["variable"] for q in survey["spec"]}
+    job = {q["variable"]: q["default"] for q in survey["spec"]
+           if q.get("default") is not None and not answer_errors(q, {q["variable"]: q["default"]})}
+    job.update({k: v for k, v in extra_vars.items() if k in asked or ask_variables_on_launch})
+    return errors, job
+
+
+def variables_needed_to_start(survey: dict) -> list[str]:
+    return [q["variable"] for q in survey["spec"] if q["required"]]
+
+
+def job_templates() -> list[dict]:
+    return load_yaml("awx", "job_templates.yml")[0]["vars"]["vmbackup_job_templates"]
+
+
+def template_asks_variables_on_launch() -> bool:
+    task = next(t for t in load_yaml("awx", "job_templates.yml")[0]["tasks"] if "awx.awx.job_template" in t)
+    return task["awx.awx.job_template"]["ask_variables_on_launch"] is True
+
+
+def playbook_accepts(playbook: str, variables: dict) -> list[str]:
+    """What the playbook's first task, validate_argument_spec, says of these variables ([] if it takes them)."""
+    result = ArgumentSpecValidator(argument_spec(playbook)).validate(dict(variables))
+    return [str(e) for e in result.errors]
+
+
+def docs_launches() -> list[tuple[str, dict]]:
+    """Every launch in docs/AWX.md: (the template's name, the request's JSON body)."""
+    with open(os.path.join(REPO, "docs", "AWX.md")) as handle:
+        text = handle.read().replace("\\\n", " ")
+    names = dict(re.findall(r"^\s*(\w+)=\$\(id_of '([^']+)'\)", text, re.M))
+    found = []
+    for line in text.splitlines():
+        if "curl" not in line or "/launch/" not in line or " -d " not in line:
+            continue
+        words = shlex.split(line.strip())
+        body = json.loads(words[words.index("-d") + 1])
+        url = next(w for w in words if "/launch/" in w)
+        variable = re.search(r"/job_templates/\$(\w+)/launch/", url).group(1)
+        found.append((names[variable], body))
+    return found
+
+
+MINIMAL = {  # only what an operator must say
+    "backup": {"node": "backup01", "hostname": "web01", "bkpdef": "daily"},
+    "restore": {"node": "backup01", "hostname": "web01", "bkpname": "daily-20261128_040000",
+                "target_hostname": "web01", "target_disk_id": 1},
+    "delete": {"node": "backup01", "hostname": "web01", "bkpname": "daily-20261128_040000"},
+    "prune": {"node": "backup01", "hostname": "web01", "bkpdef": "daily", "retention": 7},
+}
+
+
+@pytest.mark.parametrize("name", SURVEY_FILES)
+def test_awx_would_save_the_survey_and_keeps_its_defaults(name):
+    data = survey(name)
+    assert spec_errors(data) == []
+    for question in data["spec"]:
+        if "default" in question:  # a default that fails its own question is silently dropped by AWX
+            assert answer_errors(question, {question["variable"]: question["default"]}) == [], question
+
+
+@pytest.mark.parametrize("playbook", sorted(MINIMAL))
+def test_awx_launches_with_only_what_the_operator_must_say(playbook):
+    data = survey(playbook + ".json")
+    assert set(variables_needed_to_start(data)) <= set(MINIMAL[playbook])
+    for vm in ({}, {"hostname": None, "vm_uuid": "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a"}):
+        extra_vars = {k: v for k, v in dict(MINIMAL[playbook], **vm).items() if v is not None}
+        errors, job = launch(data, extra_vars, template_asks_variables_on_launch())
+        assert errors == [], errors
+        assert playbook_accepts(playbook, job) == []
+
+
+def test_awx_launches_backups_with_typed_values_and_every_compression():
+    data = survey("backup.json")
+    assert {"zstd", "lz4", "0", "1", "2", "3"} <= set(choices_of(next(q for q in data["spec"]
+                                                                       if q["variable"] == "compression")))
+    for compression in ("0", "3", "xz", "zstd", "lz4"):
+        extra_vars = dict(MINIMAL["backup"], type=2, disk_id=2, compression=compression, retention=30,
+                          bwlimit=10**8, fsfreeze=False)
+        errors, job = launch(data, extra_vars, template_asks_variables_on_launch())
+        assert errors == [] and job["fsfreeze"] is False and job["type"] == 2, errors
+        assert playbook_accepts("backup", job) == []
+    errors, job = launch(survey("restore.json"), dict(MINIMAL["restore"], force=False), True)
+    assert errors == [] and job["force"] is False and playbook_accepts("restore", job) == []
+
+
+@pytest.mark.parametrize("change,refusal", [
+    ({"bkpdef": None}, "'bkpdef' value missing"),
+    ({"node": None}, "'node' value missing"),
+    ({"compression": "rar"}, "Value rar for 'compression' expected to be one of"),
+    ({"compression": 1}, "Value 1 for 'compression' expected to be one of"),
+    ({"retention": 70000}, "'retention' value 70000 is too large (must be no more than 65536)."),
+    ({"disk_id": 0}, "'disk_id' value 0 is too small (must be at least 1)."),
+    ({"type": 3}, "'type' value 3 is too large (must be no more than 2)."),
+    ({"type": "1"}, "Value 1 for 'type' expected to be an integer."),
+    ({"disk_id": True}, "Value True for 'disk_id' expected to be an integer."),
+    ({"bkpdef": "far-too-long"}, "'bkpdef' value far-too-long is too large (must be no more than 8)."),
+    ({"bkpdef": ""}, "'bkpdef' value  is too small (length is 0 must be at least 1)."),
+    ({"hostname": 42}, "Value 42 for 'hostname' expected to be a string."),
+], ids=lambda v: str(v) if isinstance(v, dict) else None)
+def test_awx_refuses_a_bad_backup_launch_as_awx_would(change, refusal):
+    extra_vars = {k: v for k, v in dict(MINIMAL["backup"], **change).items() if v is not None}
+    errors, _job = launch(survey("backup.json"), extra_vars)
+    assert len(errors) == 1 and errors[0].startswith(refusal), errors
+
+
+def test_awx_ignores_variables_no_question_asks_for_unless_the_template_takes_extra_variables():
+    data, extra_vars = survey("backup.json"), dict(MINIMAL["backup"], fsfreeze=True)
+    assert "fsfreeze" not in launch(data, extra_vars, ask_variables_on_launch=False)[1]
+    assert launch(data, extra_vars, ask_variables_on_launch=True)[1]["fsfreeze"] is True
+    assert template_asks_variables_on_launch()
+
+
+def test_every_launch_in_the_docs_is_one_awx_and_the_playbook_accept():
+    launches = docs_launches()
+    by_name = {t["name"]: t for t in job_templates()}
+    assert {by_name[name]["survey"] for name, _body in launches} == {"backup.json", "restore.json", "delete.json",
+                                                                     "prune.json"}
+    for name, body in launches:
+        assert set(body) == {"extra_vars"}, body  # nothing else needs a Prompt on launch
+        template = by_name[name]
+        errors, job = launch(survey(template["survey"]), body["extra_vars"], template_asks_variables_on_launch())
+        assert errors == [], (name, errors)
+        assert playbook_accepts(template["survey"][:-len(".json")], job) == [], (name, job)
+
+
+def test_the_docs_name_what_each_template_requires_at_launch():
+    with open(os.path.join(REPO, "docs", "AWX.md")) as handle:
+        rows = re.findall(r"^\s*\| ([^|]+) \| `(\w+\.json)` \| ([^|]+) \|$", handle.read(), re.M)
+    templates = {t["name"]: t.get("survey") for t in job_templates()}
+    assert len(rows) == 4
+    for name, survey_file, required in rows:
+        assert templates[name] == survey_file
+        assert [v.strip() for v in required.split(",")] == variables_needed_to_start(survey(survey_file))
+
+
+# -- the files ------------------------------------------------------------------------------------------------
 def test_there_are_surveys_for_backup_restore_and_delete():
     assert {"backup.json", "restore.json", "delete.json"} <= set(SURVEY_FILES)
 
@@ -83,6 +336,8 @@ def test_survey_variables_are_the_playbooks_variables(name):
     for variable, option in spec.items():
         if option.get("required"):
             assert variable in asked and asked[variable]["required"], "%s is required by %s.yml" % (variable, playbook)
+    for variable, question in asked.items():  # AWX refuses a launch without it: only what the playbook needs
+        assert not question["required"] or spec[variable].get("required"), "%s has a default" % variable
     for variable, question in asked.items():
         option = spec[variable]
         assert option["type"] in QUESTION_TYPES[question["type"]], (variable, option["type"], question["type"])

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 
 import pytest
 from api_env import ADMIN, BIN, make_vm, new_env, seed
 from conftest import destroy
 
+from vmbackup import es as es_client
 from vmbackup.store import Store
+
+VERBS = ["get", "create", "set", "delete", "login", "logout", "lab", "serve", "user", "discover"]
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +125,48 @@ def test_es_stream_answers_with_the_final_status(server):
     body = response.read().decode()
     code, _, status = body.strip().partition("\n")
     assert code == "200" and json.loads(status)["result"]["message"] == "Backup successfully created"
+
+
+@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_verb_prints_its_own_help_and_exits_0(verb, flag, tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ES_", "VMBACKUP_"))}
+    environ["XDG_CONFIG_HOME"] = str(tmp_path)  # --help neither reads nor writes the token file
+    proc = subprocess.run([os.path.join(BIN, "vmbackup"), verb, flag], capture_output=True, text=True,
+                          env=environ, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("usage: vmbackup %s" % verb) and proc.stderr == "", proc.stdout + proc.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_help_after_a_path_is_still_that_verbs_help():
+    proc = subprocess.run([os.path.join(BIN, "vmbackup"), "get", "/vm/x/backup", "-full", "--url",
+                           "http://127.0.0.1:1/api", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: vmbackup get /PATH"), proc.stdout + proc.stderr
+
+
+def test_the_token_file_is_0600_in_a_0700_folder_whatever_they_were(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    es_client.save_config({"url": "http://127.0.0.1:8000/api", "token": "first"})
+    path = es_client.config_path()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+    os.chmod(path, 0o644)  # as an older version, or an operator's copy, left them
+    os.chmod(os.path.dirname(path), 0o755)
+    es_client.save_config({"url": "http://127.0.0.1:8000/api", "token": "second"})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert es_client.load_config()["token"] == "second"
+    assert os.listdir(os.path.dirname(path)) == ["es.json"]  # no temporary file left behind
+
+
+def test_the_token_file_is_0600_whatever_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    old = os.umask(0)
+    try:
+        es_client.save_config({"token": "t"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(es_client.config_path()).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(es_client.config_path())).st_mode) == 0o700

@@ -25,20 +25,20 @@ def inventory(lab, tmp_path):
     return lab_inventory(lab, tmp_path)
 
 
-def backup(inventory: str, vm, bkpname: str | None = None, **extra) -> Run:
+def backup(inventory: str, vm, bkpname: str | None = None, *options: str, **extra) -> Run:
     extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily"}
     if bkpname:
         extravars["bkpname"] = bkpname
     extravars.update(extra)
-    return Run("backup.yml", extravars, inventory)
+    return Run("backup.yml", extravars, inventory, *options)
 
 
-def restore(inventory: str, vm, bkpname: str, target=None, **extra) -> Run:
+def restore(inventory: str, vm, bkpname: str, target=None, *options: str, **extra) -> Run:
     target = target or vm
     extravars = {"node": BACKUP, "hostname": vm.hostname, "bkpname": bkpname, "target_hostname": target.hostname,
                  "target_disk_id": 1}
     extravars.update(extra)
-    return Run("restore.yml", extravars, inventory)
+    return Run("restore.yml", extravars, inventory, *options)
 
 
 def backup_target(lab, vm) -> str:
@@ -121,8 +121,115 @@ def test_survey_answers_as_awx_sends_them_are_accepted(lab, vm, inventory):
         survey = json.load(handle)
     answers = {q["variable"]: q["default"] for q in survey["spec"] if "default" in q}
     answers.update(node=BACKUP, hostname=vm.hostname, bkpdef="daily", zpool="")  # a blank optional answer
+    answers.update(fsfreeze=False)  # typed, as an extra variable beside the survey
     run = Run("backup.yml", answers, inventory)
     assert run.ok and run.result["zpool"] == lab.backup_pool and run.result["type"] == 1, run
+
+
+# -- check mode and tags ----------------------------------------------------------------------------------
+def test_check_mode_backup_makes_nothing_and_says_full_then_incremental(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    first = backup(inventory, vm, "daily-20261127_010000", "--check")
+    assert first.ok and first.result["check"] is True, first
+    assert first.result["incremental"] is False and first.result["base"] is None
+    assert first.result["target"] == backup_target(lab, vm) and "zfs send" in first.result["cmd"]
+    assert first.changed > 0 and "would send" in first.messages[-1] and "a full backup" in first.messages[-1]
+    assert snapshots(disk) == [] and not exists(backup_target(lab, vm))
+
+    assert backup(inventory, vm, "daily-20261127_020000").ok
+    second = backup(inventory, vm, "daily-20261127_030000", "--check", "--diff")
+    assert second.ok, second
+    assert second.result["incremental"] is True and second.result["base"] == "daily-20261127_020000"
+    assert "an incremental backup from @daily-20261127_020000" in second.messages[-1]
+    assert snapshots(disk) == ["daily-20261127_020000"]
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261127_020000"]
+
+    as_file = backup(inventory, vm, "weekly-20261127_040000", "--check", bkpdef="weekly", type=2,
+                     compression="zstd")
+    assert as_file.ok and as_file.result["file_path"].endswith("weekly-20261127_040000-full.zfs.zst"), as_file
+    assert not os.path.exists(as_file.result["file_path"]) and snapshots(disk) == ["daily-20261127_020000"]
+
+
+def test_check_mode_says_what_retention_will_delete_once_the_new_backup_exists(lab, vm, inventory):
+    names = ["daily-20261126_0%d0000" % n for n in range(1, 5)]
+    for name in names[:3]:
+        assert backup(inventory, vm, name).ok
+    planned = backup(inventory, vm, names[3], "--check", retention=2)
+    assert planned.ok and planned.result["pruned"] == names[:2], planned
+    assert "retention 2: would delete %s, %s" % tuple(names[:2]) in planned.messages[-1]
+    assert snapshots(backup_target(lab, vm)) == names[:3]
+    done = backup(inventory, vm, names[3], retention=2)
+    assert done.ok and done.result["pruned"] == planned.result["pruned"], done
+
+
+def test_check_mode_of_restore_delete_and_prune_changes_nothing(lab, vm, inventory):
+    names = ["daily-20261125_0%d0000" % n for n in range(1, 3)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    disk = vm.disk(lab.compute_pool, 0)
+    before = dataset_checksums(disk)
+    lab.write_data(disk, "after.bin", 1)
+    after = dataset_checksums(disk)
+    back = restore(inventory, vm, names[0], None, "--check")
+    assert back.ok and back.result["check"] is True and back.result["target"] == disk, back
+    deleted = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[0]}, inventory, "--check")
+    assert deleted.ok and deleted.result["destroyed"] == [names[0]] and deleted.result["check"] is True, deleted
+    pruned = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1,
+                               "compute_node": COMPUTE}, inventory, "--check")
+    assert pruned.ok and pruned.result["destroyed"] == [names[0]], pruned
+    assert snapshots(backup_target(lab, vm)) == names and dataset_checksums(disk) == after != before
+
+
+def test_tags_pick_the_steps_of_a_backup(lab, vm, inventory):
+    disk = vm.disk(lab.compute_pool, 0)
+    assert backup(inventory, vm, "daily-20261124_010000").ok
+    only_check = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate")
+    assert only_check.ok and only_check.changed == 0 and only_check.result["target"] is None, only_check
+    refused = backup(inventory, vm, "daily-20261124_020000", "--tags", "validate", disk_id=0)
+    assert not refused.ok and refused.failures[0][1].startswith("disk_id"), refused
+
+    snapped = backup(inventory, vm, "daily-20261124_020000", "--tags", "snapshot")
+    assert snapped.ok and snapped.result["target"] is None, snapped
+    assert "Pull it to the backup node" not in snapped.tasks
+    assert snapshots(disk) == ["daily-20261124_010000", "daily-20261124_020000"]
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261124_010000"]
+
+    sent = backup(inventory, vm, "daily-20261124_020000", "--tags", "send", retention=1)
+    assert sent.ok and sent.result["incremental"] is True and sent.result["pruned"] == [], sent
+    assert snapshots(backup_target(lab, vm)) == ["daily-20261124_010000", "daily-20261124_020000"]
+
+    unpruned = backup(inventory, vm, "daily-20261124_030000", "--skip-tags", "prune", retention=1)
+    assert unpruned.ok and unpruned.result["pruned"] == [], unpruned
+    assert len(snapshots(backup_target(lab, vm))) == 3
+
+
+def test_skipping_the_step_of_restore_delete_or_prune_changes_nothing(lab, vm, inventory):
+    names = ["daily-20261123_0%d0000" % n for n in range(1, 3)]
+    for name in names:
+        assert backup(inventory, vm, name).ok
+    disk = vm.disk(lab.compute_pool, 0)
+    lab.write_data(disk, "after.bin", 1)
+    after = dataset_checksums(disk)
+    back = restore(inventory, vm, names[0], None, "--skip-tags", "restore")
+    assert back.ok and back.changed == 0 and back.result["restored"] is False, back
+    assert "not restored" in back.messages[-1]
+    deleted = Run("delete.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpname": names[0]}, inventory,
+                  "--skip-tags", "delete")
+    assert deleted.ok and deleted.changed == 0, deleted
+    assert deleted.result["destroyed"] == deleted.result["absent"] == [], deleted
+    pruned = Run("prune.yml", {"node": BACKUP, "hostname": vm.hostname, "bkpdef": "daily", "retention": 1},
+                 inventory, "--skip-tags", "prune")
+    assert pruned.ok and pruned.changed == 0 and pruned.result["destroyed"] == [], pruned
+    assert snapshots(backup_target(lab, vm)) == names and dataset_checksums(disk) == after
+
+
+def test_no_playbook_task_hides_its_diff_or_output():
+    """--diff shows what the modules return: no task turns diff off or hides its result."""
+    for root, _dirs, files in os.walk(os.path.join(REPO, "playbooks")):
+        for name in files:
+            with open(os.path.join(root, name)) as handle:
+                text = handle.read()
+            assert not re.search(r"^\s*(diff|no_log):", text, re.M), name
 
 
 # -- retention, prune, delete -----------------------------------------------------------------------------
@@ -253,10 +360,15 @@ BAD = [
     ("backup.yml", {"fsfreeze": "maybe"}, "fsfreeze"),
     ("backup.yml", {"zpool": "-o evil"}, "zpool"),
     ("backup.yml", {"bkpname": "daily; rm -rf /"}, "bkpname"),
+    ("backup.yml", {"bkpdef": "daily\n"}, "bkpdef"),
+    ("backup.yml", {"vm_uuid": "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n"}, "vm_uuid"),
+    ("backup.yml", {"zpool": "backup\n"}, "zpool"),
+    ("backup.yml", {"bkpname": "daily-20261128_010000\n"}, "bkpname"),
     ("restore.yml", {"target_disk_id": None}, "target_disk_id"),
     ("restore.yml", {"target_hostname": None}, "target_hostname"),
     ("restore.yml", {"force": "perhaps"}, "force"),
     ("restore.yml", {"bkpname": "latest"}, "bkpname"),
+    ("restore.yml", {"target_vm_uuid": "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n"}, "target_vm_uuid"),
     ("delete.yml", {"bkpname": ""}, "bkpname"),
     ("delete.yml", {"bkpname": ["daily-20261128_010000", "../etc"]}, "bkpname"),
     ("prune.yml", {"retention": None}, "retention"),
@@ -264,8 +376,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("playbook,change,variable", BAD,
-                         ids=["%s-%s" % (p[:-4], "-".join(c)) for p, c, _v in BAD])
+def bad_id(playbook: str, change: dict) -> str:
+    newline = any("\n" in str(value) for value in change.values())
+    return "%s-%s%s" % (playbook[:-4], "-".join(change), "-newline" if newline else "")
+
+
+@pytest.mark.parametrize("playbook,change,variable", BAD, ids=[bad_id(p, c) for p, c, _v in BAD])
 def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, playbook, change, variable):
     extravars = {k: v for k, v in dict(GOOD[playbook], **change).items() if v is not None}
     run = Run(playbook, extravars, inventory)
@@ -276,16 +392,32 @@ def test_bad_variables_are_refused_by_name_before_anything_runs(lab, inventory, 
     assert run.changed == 0
 
 
-def test_playbook_name_patterns_are_the_collections():
+# Values each name pattern must take or refuse; a trailing newline is refused by every one of them.
+NAME_SAMPLES = {
+    "uuid": ("UUID_RE", ["9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a", "9F2B1C4E-3B8A-4C1E-9A7D-2F0E5D6C7B8A"],
+             ["9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a\n", "9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8", "x" * 36, ""]),
+    "pool": ("POOL_RE", ["zones", "backup.1", "b:2_x-y"], ["zones\n", "-o", "1zones", "zones/x", ""]),
+    "definition": ("DEFINITION_RE", ["daily", "d", "w.1_-x8"], ["daily\n", "far-too-long", "-daily", "da ily", ""]),
+    "backup_name": ("BACKUP_NAME_RE", ["daily-20261128_040000"],
+                    ["daily-20261128_040000\n", "daily-2026112_040000", "latest", "daily-20261128_040000x"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAME_SAMPLES))
+def test_playbook_name_patterns_match_whole_values_as_the_collections_do(name):
+    """The playbooks' patterns (Jinja's match test: re.match) accept and refuse what layout.py's accept and
+    refuse as a whole value (re.fullmatch, whatever way its patterns are written)."""
     spec = importlib.util.spec_from_file_location(
         "layout", os.path.join(REPO, "collection", "plugins", "module_utils", "layout.py"))
     layout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layout)
     with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
-        common = yaml.safe_load(handle)
-    assert common["vmbackup_uuid_re"] == layout.UUID_RE.pattern
-    assert common["vmbackup_definition_re"] == layout.DEFINITION_RE.pattern
-    assert common["vmbackup_backup_name_re"] == layout.BACKUP_NAME_RE.pattern
+        ours = yaml.safe_load(handle)["vmbackup_%s_re" % name]
+    theirs, good, bad = NAME_SAMPLES[name]
+    for value in good:
+        assert re.match(ours, value) and getattr(layout, theirs).fullmatch(value), value
+    for value in bad:
+        assert not re.match(ours, value) and not getattr(layout, theirs).fullmatch(value), repr(value)
 
 
 def test_every_playbook_runs_from_a_checkout_with_the_default_inventory():

@@ -40,7 +40,8 @@ def serve_command(args: argparse.Namespace) -> int:
     every = None if args.no_discover else args.discover_every
     server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
                  size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
-                 schedule_interval=args.schedule_interval)
+                 schedule_interval=args.schedule_interval, body_limit=args.body_limit,
+                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit)
     return 0
 
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--install", action="store_true", help="apt-get install the lab's packages first")
     lab.set_defaults(func=lab_command)
 
+    from vmbackup import server as server_defaults
     from vmbackup.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY
 
     def service_options(command: argparse.ArgumentParser) -> None:
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run at most this many jobs at once per backup node; queue the rest (default: no limit)")
     serve.add_argument("--size-limit", type=int, default=None,
                        help="refuse new backups (417) once all backups together hold this many bytes")
+    serve.add_argument("--body-limit", type=int, default=server_defaults.DEFAULT_BODY_LIMIT,
+                       help="largest request body in bytes; larger ones get 413 unread (default: %(default)s)")
+    serve.add_argument("--run-retention-days", type=float, default=server_defaults.DEFAULT_RUN_RETENTION / 86400,
+                       help="days a finished job's run folder (artifacts, log) is kept; its task record stays "
+                            "(default: %(default)s)")
+    serve.add_argument("--stream-limit", type=float, default=server_defaults.DEFAULT_STREAM_LIMIT,
+                       help="seconds an ES-STREAM answer waits for its job before it returns the current status "
+                            "(default: %(default)s)")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",

@@ -6,16 +6,111 @@ The service stores what the nodes say; a node that does not answer is not operat
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
+from vmbackup import validation
 from vmbackup.runner import Runner
 from vmbackup.store import Store
 
 ROLES = ("compute", "backup")
+log = logging.getLogger("vmbackup.discovery")
+
+# What a node may say, each checked with a full match: a node is not trusted (whoever controls one, or
+# one VM's name on it, chooses these strings), and they reach records, commands and later runs.
+HOSTNAME_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+WORD_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # brand, state
+DATASET_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*")
+SOCKET_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{0,4095}")
+MAX_DISKS = 64
+
+
+class Refused(ValueError):
+    """What a node reported about a VM fails a check: `field` names it."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__("%s: %s" % (field, problem))
+        self.field = field
+
+
+def is_hostname(name) -> bool:
+    """RFC 1123: dot-separated labels of letters, digits and inner hyphens, 63 each, 253 in all."""
+    return (isinstance(name, str) and 0 < len(name) <= 253
+            and all(HOSTNAME_LABEL_RE.fullmatch(label) for label in name.split(".")))
+
+
+def _integer(value, field: str, low: int, high: int | None = None, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise Refused(field, "%r is not a whole number%s" % (value, " from %d to %d" % (low, high) if high else
+                                                              " of at least %d" % low))
+    return value
+
+
+def checked_vm(vm: dict, node: str) -> dict:
+    """The store's record of a VM a node reported, every field checked; Refused names the first bad one."""
+    if not isinstance(vm, dict):
+        raise Refused("vm", "not an object")
+    uuid = vm.get("uuid")
+    if not validation.is_uuid(uuid):
+        raise Refused("uuid", "%r is not a uuid" % (uuid,))
+    uuid = uuid.lower()
+    hostname = vm.get("hostname") or uuid
+    if not is_hostname(hostname):
+        raise Refused("hostname", "%r is not a hostname (RFC 1123, at most 253 characters)" % (hostname,))
+    if validation.is_uuid(hostname) and hostname.lower() != uuid:
+        raise Refused("hostname", "%r is another VM's uuid" % hostname)
+    brand, state = vm.get("brand", "kvm"), vm.get("state", "stopped")
+    for field, value in (("brand", brand), ("state", state)):
+        if not isinstance(value, str) or not WORD_RE.fullmatch(value):
+            raise Refused(field, "%r is not a word of lower-case letters, digits, '_' or '-'" % (value,))
+    for field in ("installed", "locked"):
+        if not isinstance(vm.get(field, False), bool):
+            raise Refused(field, "%r is not true or false" % (vm.get(field),))
+    qga = vm.get("qga_socket")
+    if qga is not None and not (isinstance(qga, str) and SOCKET_RE.fullmatch(qga) and ".." not in qga.split("/")):
+        raise Refused("qga_socket", "%r is not an absolute path" % (qga,))
+    disks = vm.get("disks", [])
+    if not isinstance(disks, list) or len(disks) > MAX_DISKS:
+        raise Refused("disks", "not a list of at most %d disks" % MAX_DISKS)
+    checked, numbers = [], set()
+    for disk in disks:
+        if not isinstance(disk, dict):
+            raise Refused("disks", "a disk is not an object")
+        number = _integer(disk.get("disk_id"), "disk_id", 1, MAX_DISKS)
+        if number in numbers:
+            raise Refused("disk_id", "disk %d is reported twice" % number)
+        numbers.add(number)
+        dataset = disk.get("dataset")
+        if not isinstance(dataset, str) or len(dataset) > 255 or not DATASET_RE.fullmatch(dataset) \
+                or ".." in dataset.split("/"):
+            raise Refused("dataset", "disk %d: %r is not a ZFS dataset name" % (number, dataset))
+        checked.append({"disk_id": number, "dataset": dataset,
+                        "size": _integer(disk.get("size"), "size", 0, 2**63, nullable=True),
+                        "snapshots": _integer(disk.get("snapshots"), "snapshots", 0, nullable=True),
+                        "backup_snapshots": _integer(disk.get("backup_snapshots"), "backup_snapshots", 0,
+                                                     nullable=True)})
+    return {"uuid": uuid, "hostname": hostname, "node": node, "brand": brand, "state": state,
+            "disks": sorted(checked, key=lambda d: d["disk_id"]), "installed": vm.get("installed", True),
+            "locked": vm.get("locked", False), "qga_socket": qga}
+
+
+def checked_pools(lines: list, node: str) -> dict:
+    """{pool: {free}} from nodes.yml's `zfs get -Hp available` lines; a line that fails is left out."""
+    pools = {}
+    for line in lines if isinstance(lines, list) else []:
+        pool, _, value = str(line).partition("\t")
+        if not validation.is_pool_name(pool):
+            log.warning("node %s: pool %r skipped: not a pool name", node, pool)
+            continue
+        pools[pool] = {"free": int(value) if re.fullmatch(r"[0-9]{1,20}", value) else None}
+    return pools
 
 
 def inventory_nodes(inventory: str) -> dict[str, list[str]]:
@@ -55,34 +150,44 @@ class Discovery:
             stamp = time.strftime("%Y%m%d%H%M%S") + "-%d" % os.getpid()
             pools = self._play("nodes-" + stamp, "nodes.yml", "stdout_lines", timeout)
             vms = self._play("discover-" + stamp, "discover.yml", "vms", timeout)
-            summary = {"nodes": {}, "vms": 0}
+            summary = {"nodes": {}, "vms": 0, "skipped": 0}
             for name, node_roles in roles.items():
                 answered = name in pools["ok"] and (name in vms["ok"] or "compute" not in node_roles)
-                free = {}
-                for line in pools["ok"].get(name, {}).get("stdout_lines", []):
-                    pool, _, value = line.partition("\t")
-                    free[pool] = {"free": int(value) if value.isdigit() else None}
+                free = checked_pools(pools["ok"].get(name, {}).get("stdout_lines", []), name)
                 self.store.upsert_node({"name": name, "roles": node_roles, "operational": answered,
                                         "pools": free if answered else (self.store.get_node(name) or {}).get("pools"),
                                         "error": pools["errors"].get(name) or vms["errors"].get(name),
                                         "checked": time.time()})
                 summary["nodes"][name] = answered
                 if name in vms["ok"]:
-                    summary["vms"] += self._apply_vms(name, vms["ok"][name].get("vms", []))
+                    applied, skipped = self._apply_vms(name, vms["ok"][name].get("vms", []))
+                    summary["vms"] += applied
+                    summary["skipped"] += skipped
+            for hostname, uuids in self.store.hostname_clashes().items():
+                log.warning("hostname %s is used by %d VMs (%s): each is reached by its uuid only",
+                            hostname, len(uuids), ", ".join(uuids))
             return summary
 
-    def _apply_vms(self, node: str, found: list[dict]) -> int:
-        seen = set()
-        for vm in found:
-            seen.add(vm["uuid"])
-            self.store.upsert_vm({"uuid": vm["uuid"], "hostname": vm.get("hostname") or vm["uuid"], "node": node,
-                                  "brand": vm.get("brand", "kvm"), "state": vm.get("state", "stopped"),
-                                  "disks": vm.get("disks", []), "installed": vm.get("installed", True),
-                                  "locked": vm.get("locked", False)})
+    def _apply_vms(self, node: str, found: list) -> tuple[int, int]:
+        """Store the VMs a node reported that pass every check; return (stored, skipped)."""
+        seen, stored, skipped = set(), 0, 0
+        for vm in found if isinstance(found, list) else []:
+            try:
+                record = checked_vm(vm, node)
+            except Refused as refusal:
+                skipped += 1
+                who = vm.get("uuid") if isinstance(vm, dict) else None
+                log.warning("node %s: VM %r skipped: %s", node, who if isinstance(who, str) else "?", refusal)
+                if isinstance(who, str) and validation.is_uuid(who):
+                    seen.add(who.lower())  # still there, only its report is refused: not deleted
+                continue
+            seen.add(record["uuid"])
+            self.store.upsert_vm(record)
+            stored += 1
         for vm in self.store.vms():
             if vm["node"] == node and vm["uuid"] not in seen:
                 self.store.mark_vm_deleted(vm["uuid"])
-        return len(seen)
+        return stored, skipped
 
     def _play(self, ident: str, playbook: str, key: str, timeout: float) -> dict:
         """Run a playbook and return, per host, the first task result holding `key`, and the errors."""

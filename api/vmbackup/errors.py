@@ -52,6 +52,20 @@ class PreconditionRequired(ApiError):
     status = 428
 
 
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class TooManyRequests(ApiError):
+    """Too many failed logins: answered 429 with Retry-After (seconds)."""
+
+    status = 429
+
+    def __init__(self, retry_after: float):
+        super().__init__("Too many failed logins; try again in %d seconds." % max(1, round(retry_after)))
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 class ValidationFailed(Exception):
     """Bad input, answered as a FAILURE task envelope with HTTP 400: {field: [messages]}."""
 
@@ -68,6 +82,8 @@ class LoginFailed(Exception):
 
 # Messages with one home, used by the service and the tests.
 VM_NOT_FOUND = "VM not found"
+# A hostname several VMs have now: the seed's message, then why and what to do.
+VM_AMBIGUOUS = "VM not found: hostname %s names %d VMs (%s); use the VM's uuid"
 BACKUP_NOT_FOUND = "Backup not found"
 DEFINITION_NOT_FOUND = "Backup definition not found"
 TASK_NOT_FOUND = "Task not found"

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import sys
+import tempfile
 import time
 
 from vmbackup.client import Client, Response
@@ -21,6 +22,43 @@ from vmbackup.client import Client, Response
 VERBS = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}
 DEFAULT_URL = "http://127.0.0.1:8000/api"
 FLAGS = {"--wait", "--table", "--quiet"}
+HELP_FLAGS = {"-h", "--help"}
+_PATH = [("/PATH", "an API path, e.g. /vm/web01.lab/backup (the /api prefix and the last / are added)"),
+         ("-param value", "a parameter of the request; -param alone means true; repeat -bkpnames for a list")]
+_WAIT = [("--wait", "follow the job to its end (a progress line on stderr); exit 1 if it fails"),
+         ("--quiet", "with --wait, no progress line")]
+_COMMON = [("--url URL", "the API (default: VMBACKUP_URL, ES_API_URL, the URL logged in to, else %s)" % DEFAULT_URL),
+           ("-h, --help", "show this help")]
+
+
+def _help(usage: str, about: str, options: list[tuple[str, str]]) -> str:
+    lines = ["usage: vmbackup " + usage, "", about, ""]
+    lines += ["  %-16s %s" % option for option in options + _COMMON]
+    return "\n".join(lines)
+
+
+# Each verb's help, printed by `vmbackup <verb> --help`.
+HELP = {
+    "login": _help("login [-username NAME] [-password PASS] [--url URL]",
+                   "Log in; the token is kept in ~/.config/vmbackup/es.json (mode 0600). Without -password, the\n"
+                   "password is asked for, or read from stdin when that is not a terminal.",
+                   [("-username NAME", "the user"), ("-password PASS", "the password")]),
+    "logout": _help("logout [--url URL]", "Log out and forget the kept token.", []),
+    "get": _help("get /PATH [-param value ...] [--table] [--url URL]",
+                 "GET and print what es printed, {\"url\", \"status\", \"method\", \"text\"}, e.g.\n"
+                 "  vmbackup get /vm/web01.lab/backup -full",
+                 _PATH + [("--table", "print a list result as a table")]),
+    "create": _help("create /PATH [-param value ...] [--wait [--quiet]] [--url URL]",
+                    "POST: define a backup, or start one, e.g. vmbackup create /vm/web01.lab/backup/daily --wait",
+                    _PATH + _WAIT),
+    "set": _help("set /PATH [-param value ...] [--wait [--quiet]] [--url URL]",
+                 "PUT: change a definition or a backup's note, or restore a backup, e.g.\n  vmbackup set "
+                 "/vm/web01.lab/backup/daily-20261128_040000 -target_hostname_or_uuid web01.lab -target_disk_id 1",
+                 _PATH + _WAIT),
+    "delete": _help("delete /PATH [-param value ...] [--wait [--quiet]] [--url URL]",
+                    "DELETE a definition or backups, e.g. vmbackup delete /vm/web01.lab/backup/daily-20261128_040000",
+                    _PATH + _WAIT),
+}
 
 
 class UsageError(Exception):
@@ -41,12 +79,21 @@ def load_config() -> dict:
 
 
 def save_config(data: dict) -> None:
+    """Write the config, which holds a token: the file 0600 and its folder 0700, whatever they were before."""
     path = config_path()
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(path + ".tmp", path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)  # makedirs leaves an existing folder's mode alone
+    # A new file of our own (mkstemp makes it 0600) replaces the old one, so an old file's mode never carries over.
+    fd, part = tempfile.mkstemp(dir=folder, prefix=".es.json.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump(data, handle)
+        os.replace(part, path)
+    except BaseException:
+        os.unlink(part)
+        raise
 
 
 def parse(argv: list[str]) -> tuple[str, str, dict, dict]:
@@ -181,7 +228,16 @@ def _size(count: int) -> str:
     return str(count)
 
 
+def help_text(argv: list[str]) -> str:
+    """The help of the verb in argv, or the general usage."""
+    words = [w for i, w in enumerate(argv) if not w.startswith("-") and (i == 0 or argv[i - 1] != "--url")]
+    return HELP.get(words[0] if words else "", __doc__)
+
+
 def main(argv: list[str]) -> int:
+    if HELP_FLAGS & set(argv):
+        print(help_text(argv).strip("\n"))
+        return 0
     try:
         verb, path, params, options = parse(argv)
     except UsageError as err:

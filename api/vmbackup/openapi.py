@@ -22,16 +22,20 @@ LIST = [("full", "data", B, False, "Objects instead of names"), ("order_by", "da
 # path, method, summary, parameters, {status: description}
 ROUTES = [
     ("/accounts/login", "post", "Log in", [("username", "data", S, True, ""), ("password", "data", S, True, "")],
-     {200: "token", 400: "wrong credentials"}),
+     {200: "token", 400: "wrong credentials", 413: "body too large",
+      429: "too many failed logins (Retry-After says when to try again)"}),
     ("/accounts/logout", "get", "Log out", [], {200: "bye", 403: "Forbidden"}),
     ("/vm/define/backup", "get", "List all backup definitions",
-     LIST + [("extended", "data", B, False, "Include backup counts")], {200: "SUCCESS", 403: "Forbidden"}),
+     LIST + [("extended", "data", B, False, "Include backup counts")],
+     {200: "SUCCESS", 400: "FAILURE (a parameter of the wrong type)", 403: "Forbidden",
+      412: "Invalid order_by"}),
     ("/vm/{hostname_or_uuid}/define/backup", "get", "List VM backup definitions",
      [VM, DISK] + LIST + [("extended", "data", B, False, "")],
-     {200: "SUCCESS", 403: "Forbidden", 404: "VM not found", 412: "Invalid disk_id"}),
+     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found", 412: "Invalid disk_id"}),
     ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "get", "Show a backup definition",
      [VM, DEF, DISK, ("extended", "data", B, False, "")],
-     {200: "SUCCESS", 403: "Forbidden", 404: "VM not found / Backup definition not found", 412: "Invalid disk_id"}),
+     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found / Backup definition not found",
+      412: "Invalid disk_id"}),
     ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "post", "Create a backup definition", [VM, DEF] + DEFINITION_DATA,
      {201: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found", 406: "Backup definition already exists",
       412: "Invalid disk_id", 423: "Node is not operational / VM is not operational"}),
@@ -43,7 +47,8 @@ ROUTES = [
       412: "Invalid disk_id", 423: "Node is not operational / VM is not operational"}),
     ("/vm/{hostname_or_uuid}/backup", "get", "List VM backups",
      [VM, DISK, ("define", "data", S, False, "Filter by definition")] + LIST,
-     {200: "SUCCESS", 403: "Forbidden", 412: "Invalid disk_id"}),
+     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found (a hostname several VMs had)",
+      412: "Invalid disk_id / Invalid order_by"}),
     ("/vm/{hostname_or_uuid}/backup", "delete", "Delete several backups",
      [VM, ("bkpnames", "data", A, True, "Backup names")],
      {200: "SUCCESS", 201: "PENDING", 403: "Forbidden", 404: "Backup not found", 412: "Invalid bkpnames",
@@ -73,7 +78,8 @@ ROUTES = [
     ("/task/{task_id}", "get", "What a task is", [TASK], {200: "SUCCESS", 403: "Forbidden", 404: "Task not found"}),
     ("/task/{task_id}/status", "get", "A task's status", [TASK],
      {200: "SUCCESS", 201: "PENDING", 400: "FAILURE", 403: "Forbidden", 404: "Task not found"}),
-    ("/task/{task_id}/done", "get", "Whether a task ended", [TASK], {200: "done", 404: "Task not found"}),
+    ("/task/{task_id}/done", "get", "Whether a task ended", [TASK],
+     {200: "done", 403: "Forbidden", 404: "Task not found"}),
     ("/task/{task_id}/cancel", "put", "Cancel a running job", [TASK],
      {200: "SUCCESS", 403: "Forbidden", 404: "Task not found", 406: "Task cannot be canceled"}),
 ]
@@ -81,9 +87,16 @@ ROUTES = [
 ENVELOPE = {"type": "object", "properties": {"task_id": {"type": S}, "status": {"type": S,
             "enum": ["SUCCESS", "FAILURE", "PENDING"]}, "result": {}}, "required": ["task_id", "status", "result"]}
 DETAIL = {"type": "object", "properties": {"detail": {"type": S}}, "required": ["detail"]}
+LOGIN = {"type": "object", "properties": {"token": {"type": S}, "expires": {"type": "number"}, "detail": {"type": S}},
+         "required": ["token", "expires", "detail"]}
+DONE = {"type": "object", "properties": {"task_id": {"type": S}, "done": {"type": B}}, "required": ["task_id", "done"]}
+# Responses that are not the task envelope: refusals ({"detail"}), and a few routes of their own.
+SHAPES = {("/accounts/login", 200): LOGIN, ("/accounts/login", 400): DETAIL, ("/accounts/logout", 200): DETAIL,
+          ("/task/{task_id}/done", 200): DONE}
+REFUSALS = (403, 404, 406, 409, 412, 413, 417, 423, 428, 429)
 
 
-def _operation(method: str, summary: str, params: list, responses: dict) -> dict:
+def _operation(path: str, method: str, summary: str, params: list, responses: dict) -> dict:
     location = "query" if method == "get" else None
     op = {"summary": summary, "operationId": "%s %s" % (method, summary), "parameters": [], "responses": {}}
     body = {}
@@ -103,7 +116,7 @@ def _operation(method: str, summary: str, params: list, responses: dict) -> dict
             "type": "object", "properties": body, "required": required} if required else {
             "type": "object", "properties": body}}}}
     for code, desc in responses.items():
-        shape = DETAIL if code in (403, 404, 406, 409, 412, 417, 423, 428) else ENVELOPE
+        shape = SHAPES.get((path, code)) or (DETAIL if code in REFUSALS else ENVELOPE)
         op["responses"][str(code)] = {"description": desc, "content": {"application/json": {"schema": shape}}}
     return op
 
@@ -111,7 +124,7 @@ def _operation(method: str, summary: str, params: list, responses: dict) -> dict
 def spec() -> dict:
     paths: dict = {}
     for path, method, summary, params, responses in ROUTES:
-        paths.setdefault("/api" + path, {})[method] = _operation(method, summary, params, responses)
+        paths.setdefault("/api" + path, {})[method] = _operation(path, method, summary, params, responses)
     return {"openapi": "3.0.3",
             "info": {"title": "vmbackup VM backup API (Danube Cloud compatible)", "version": __version__},
             "components": {"securitySchemes": {

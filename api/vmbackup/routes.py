@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,8 @@ from vmbackup.auth import Auth, token_of
 from vmbackup.service import Service
 
 JSON = "application/json"
+MAX_DEPTH = 32  # nesting of a request's JSON: the API's bodies are flat; deeper is an attack or a mistake
+log = logging.getLogger("vmbackup.api")
 
 
 def envelope(task_id: str, status: str, result, code: int) -> bottle.HTTPResponse:
@@ -27,21 +30,51 @@ def _json(body, code: int, headers: dict | None = None) -> bottle.HTTPResponse:
 
 def params() -> dict:
     """GET parameters from the query string; others from the JSON body (query string as fallback)."""
-    data = dict(bottle.request.query.decode().items())
+    try:
+        data = dict(bottle.request.query.decode().items())
+    except UnicodeError:
+        raise errors.ValidationFailed({"non_field_errors": ["The query string is not valid UTF-8."]}) from None
     if bottle.request.method != "GET":
         body = bottle.request.body.read()
         if body.strip():
+            data.update(_json_body(body))
+        else:
             try:
-                parsed = json.loads(body)
-            except ValueError:
-                raise errors.ValidationFailed({"non_field_errors": ["JSON parse error: the body is not JSON."]}) \
-                    from None
-            if not isinstance(parsed, dict):
-                raise errors.ValidationFailed({"non_field_errors": ["Expected a JSON object."]})
-            data.update(parsed)
-        elif bottle.request.forms:
-            data.update(bottle.request.forms.decode().items())
+                data.update(bottle.request.forms.decode().items())
+            except UnicodeError:
+                raise errors.ValidationFailed({"non_field_errors": ["The form body is not valid UTF-8."]}) from None
     return data
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeError:
+        raise errors.ValidationFailed({"non_field_errors": ["The body is not valid UTF-8."]}) from None
+    try:
+        parsed = json.loads(text)
+    except RecursionError:
+        parsed = None
+    except ValueError as err:
+        raise errors.ValidationFailed({"non_field_errors": ["JSON parse error: %s." % err]}) from None
+    if parsed is None or _depth(parsed) > MAX_DEPTH:
+        raise errors.ValidationFailed({"non_field_errors": ["JSON nested deeper than %d levels." % MAX_DEPTH]})
+    if not isinstance(parsed, dict):
+        raise errors.ValidationFailed({"non_field_errors": ["Expected a JSON object."]})
+    return parsed
+
+
+def _depth(value, level: int = 1) -> int:
+    """How deep a parsed JSON value nests, counted without recursion (and stopping past MAX_DEPTH)."""
+    deepest, stack = level, [(value, level)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 ES_HEADERS = {"es-version": "es_version", "es-username": "es_username", "es-task-id": "es_task_id",
@@ -58,17 +91,37 @@ def es_header_names(app: Callable) -> Callable:
     return wsgi
 
 
+def utf8_only(app: Callable) -> Callable:
+    """WSGI wrapper: a URL path or query string that is not UTF-8 is answered 400 before any route."""
+    def wsgi(environ, start_response):
+        # PATH_INFO arrives unquoted, as latin-1 text of the bytes; QUERY_STRING still percent-encoded.
+        path = environ.get("PATH_INFO", "")
+        query = bottle.urlunquote(environ.get("QUERY_STRING", ""), encoding="latin-1")
+        for text, what in ((path, "path"), (query, "query string")):
+            try:
+                text.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                body = json.dumps({"detail": "The URL %s is not valid UTF-8." % what}).encode()
+                start_response("400 Bad Request", [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+                return [body]
+        return app(environ, start_response)
+    return wsgi
+
+
 STREAM_INTERVAL = 3.0
 
 
-def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL) -> bottle.HTTPResponse:
+def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
+           limit: float = 3600.0) -> bottle.HTTPResponse:
     """The `ES-STREAM: es` answer: 201 headers at once, a space every few seconds while the job runs,
-    then the final status code on a line of its own and the status JSON."""
+    then the final status code on a line of its own and the status JSON. After `limit` seconds the
+    stream ends with the task's current status (201 PENDING), so a waiting client never holds a
+    server thread for ever."""
     def body():
-        last = time.monotonic()
+        last = start = time.monotonic()
         while True:
             task = service.store.get_task(task_id)
-            if task is None or task["status"] != "PENDING":
+            if task is None or task["status"] != "PENDING" or time.monotonic() - start >= limit:
                 break
             if time.monotonic() - last >= interval:
                 last = time.monotonic()
@@ -82,10 +135,25 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL) ->
     return response
 
 
-def build_app(service: Service, auth: Auth) -> bottle.Bottle:
+def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bottle.Bottle:
     """The WSGI application, every route under /api/ with and without a trailing slash."""
-    app = bottle.Bottle(autojson=False)
+    app = bottle.Bottle(autojson=False, catchall=True)
     app.config["vmbackup.service"] = service
+
+    def json_error(err: bottle.HTTPError) -> str:
+        """Bottle's own refusals (unknown route, bad path encoding, an exception) as JSON, never HTML."""
+        bottle.response.content_type = JSON
+        if err.status_code >= 500:
+            log.error("%s %s failed: %s\n%s", bottle.request.method, bottle.request.path, err.exception,
+                      err.traceback or "")
+            return json.dumps({"detail": "Internal server error."})
+        if err.status_code == 404:
+            return json.dumps({"detail": "Not found."})
+        if err.status_code == 405:
+            return json.dumps({"detail": 'Method "%s" not allowed.' % bottle.request.method})
+        return json.dumps({"detail": str(err.body) if isinstance(err.body, str) else err.status_line})
+
+    app.default_error_handler = json_error
 
     @app.hook("before_request")
     def strip_trailing_slash():
@@ -104,10 +172,17 @@ def build_app(service: Service, auth: Auth) -> bottle.Bottle:
                 response = fn(user, **kwargs)
             except errors.ApiError as err:
                 response = _json({"detail": err.detail}, err.status)
+                if getattr(err, "retry_after", None):
+                    response.set_header("Retry-After", str(err.retry_after))
             except errors.ValidationFailed as err:
                 response = envelope(service.task_id(user, "d"), "FAILURE", err.errors, 400)
             except errors.LoginFailed as err:
                 response = _json({"detail": str(err)}, 400)
+            except bottle.HTTPResponse:
+                raise
+            except Exception:  # a bug: JSON 500 to the client, the traceback to the log
+                log.exception("%s %s failed", bottle.request.method, bottle.request.path)
+                response = _json({"detail": "Internal server error."}, 500)
             response.set_header("es_version", __version__)
             response.set_header("es_username", user["username"] if user else "")
             return response
@@ -120,7 +195,7 @@ def build_app(service: Service, auth: Auth) -> bottle.Bottle:
         if isinstance(task_id, dict):  # done at once (a LOST backup removed from the records)
             return None
         if bottle.request.get_header("ES-STREAM") == "es":
-            return stream(service, task_id)
+            return stream(service, task_id, limit=stream_limit)
         return envelope(task_id, "PENDING", None, 201)
 
     def route(path: str, method: str, fn: Callable, public: bool = False) -> None:
@@ -129,7 +204,9 @@ def build_app(service: Service, auth: Auth) -> bottle.Bottle:
     # -- accounts ---------------------------------------------------------------------------------
     def login(_user):
         data = params()
-        result = auth.login(str(data.get("username") or ""), str(data.get("password") or ""))
+        # REMOTE_ADDR itself: X-Forwarded-For is the client's to choose, so it cannot key the throttle.
+        result = auth.login(str(data.get("username") or ""), str(data.get("password") or ""),
+                            bottle.request.environ.get("REMOTE_ADDR") or "")
         return _json(dict(result, detail="Welcome to vmbackup %s" % __version__), 200)
 
     def logout(user):
@@ -227,16 +304,6 @@ def build_app(service: Service, auth: Auth) -> bottle.Bottle:
     def openapi():
         from vmbackup.openapi import spec
         return _json(spec(), 200)
-
-    @app.error(404)
-    def not_found(_err):
-        bottle.response.content_type = JSON
-        return json.dumps({"detail": "Not found."})
-
-    @app.error(405)
-    def not_allowed(_err):
-        bottle.response.content_type = JSON
-        return json.dumps({"detail": 'Method "%s" not allowed.' % bottle.request.method})
 
     return app
 

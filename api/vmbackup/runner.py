@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmbackup import paths
+from vmbackup import paths, unsafe
 
 
 @dataclass
@@ -70,29 +70,31 @@ class Runner:
         return os.path.join(self.data_dir(ident), "artifacts", ident)
 
     def start(self, ident: str, playbook: str, extravars: dict, on_done: Callable[[RunResult], None]) -> int:
-        """Start `playbooks/<playbook>` with `extravars`; return the run's pid."""
+        """Start `playbooks/<playbook>` with `extravars` (every string marked unsafe); return the run's pid."""
         data_dir = self.data_dir(ident)
-        os.makedirs(os.path.join(data_dir, "env"), exist_ok=True)
-        with open(os.path.join(data_dir, "env", "extravars"), "w") as handle:
-            json.dump(extravars, handle)
+        os.makedirs(os.path.join(data_dir, "env"), mode=0o700, exist_ok=True)
+        _write_private(os.path.join(data_dir, "env", "extravars"), unsafe.dump(extravars))
         bin_dir = os.path.dirname(sys.executable)
         envvars = {"ANSIBLE_COLLECTIONS_PATH": paths.COLLECTIONS_PATH,
-                   "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
                    "ANSIBLE_CONFIG": os.path.join(paths.PROJECT, "ansible.cfg"),
                    "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
                    "ANSIBLE_NOCOLOR": "1"}
-        with open(os.path.join(data_dir, "env", "envvars"), "w") as handle:
-            json.dump(envvars, handle)
+        _write_private(os.path.join(data_dir, "env", "envvars"), json.dumps(envvars))
         argv = [os.path.join(bin_dir, "ansible-runner"), "run", data_dir,
                 "--ident", ident, "-p", os.path.join(paths.PLAYBOOKS, playbook),
                 "--inventory", self.inventory, "--rotate-artifacts", "0"]
-        log = open(os.path.join(data_dir, "runner.log"), "wb")
+        log = os.open(os.path.join(data_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         # A session of its own: the run outlives a restart of the service and is stopped as a group.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=data_dir, env=dict(os.environ, **envvars))
-        log.close()
-        with open(os.path.join(data_dir, "pid"), "w") as handle:
-            handle.write(str(proc.pid))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=data_dir, env=job_environment(envvars),
+                                    umask=0o077)  # what a run writes (artifacts, events) is private too
+        finally:
+            os.close(log)
+        # Who the run is: its pid and the kernel's start time of that pid, so that a pid reused by another
+        # process after a restart is never taken for the job (nor signalled).
+        identity = {"pid": proc.pid, "start": _start_time(proc.pid), "boot": _boot_id()}
+        _write_private(os.path.join(data_dir, "pid"), json.dumps(identity))
         with self._lock:
             self._procs[ident] = proc
         threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()
@@ -107,13 +109,14 @@ class Runner:
             proc = self._procs.get(ident)
         if proc is not None:
             return proc.poll() is None
-        pid = self._pid(ident)
-        return pid is not None and _alive(pid)
+        return self._live_pid(ident) is not None
 
     def cancel(self, ident: str) -> bool:
         """Stop a run (its whole process group); False if it is not running."""
-        pid = self._pid(ident)
-        if pid is None or not self.running(ident):
+        with self._lock:
+            proc = self._procs.get(ident)
+        pid = proc.pid if proc is not None and proc.poll() is None else self._live_pid(ident)
+        if pid is None:
             return False
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -121,12 +124,32 @@ class Runner:
             return False
         return True
 
-    def _pid(self, ident: str) -> int | None:
+    def _live_pid(self, ident: str) -> int | None:
+        """The pid of the run `ident` if that very process is still alive, else None.
+
+        A pid alone is not an identity: after a restart the number may belong to another process. The
+        pid file records the kernel's start time of the process (and the boot), which must still match;
+        a pid file of an older version (a bare number) is trusted only if the process is that run's
+        ansible-runner (its command line names the ident).
+        """
         try:
             with open(os.path.join(self.data_dir(ident), "pid")) as handle:
-                return int(handle.read().strip())
-        except (OSError, ValueError):
+                text = handle.read().strip()
+        except OSError:
             return None
+        try:
+            identity = json.loads(text)
+            if isinstance(identity, int):
+                identity = {"pid": identity}
+            pid = int(identity["pid"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not _alive(pid):
+            return None
+        if "start" in identity:
+            same = identity.get("start") == _start_time(pid) and identity.get("boot") in (None, _boot_id())
+            return pid if same else None
+        return pid if ident in _cmdline(pid) else None
 
     def _watch(self, ident: str, on_done: Callable[[RunResult], None]) -> None:
         with self._lock:
@@ -174,6 +197,71 @@ class Runner:
 
     def remove(self, ident: str) -> None:
         shutil.rmtree(self.data_dir(ident), ignore_errors=True)
+
+    def purge(self, older_than: float, keep: Callable[[str], bool]) -> list[str]:
+        """Remove the folders of runs last written more than `older_than` seconds ago, unless `keep(ident)`
+        (a job still pending) or still running; return the idents removed. Task records stay in the store."""
+        removed = []
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.runs_dir):
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_mtime > cutoff:
+                continue
+            if keep(entry.name) or self.running(entry.name):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+        return removed
+
+
+# What a job's process may see of the service's environment: what Ansible and ssh need, nothing else
+# (the service's other variables, tokens or passwords among them, would land in every run's artifacts).
+KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
+                    "SSH_AUTH_SOCK")
+
+
+def job_environment(envvars: dict) -> dict:
+    """The environment of a run: the kept variables, the service's ANSIBLE_* settings, then `envvars`."""
+    env = {k: os.environ[k] for k in KEPT_ENVIRONMENT if k in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")})
+    env.setdefault("HOME", os.path.expanduser("~"))
+    env.setdefault("LANG", "C.UTF-8")
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(envvars)
+    return env
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write a file only its owner may read (extra vars name nodes and pools; logs hold task output)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 def _alive(pid: int) -> bool:

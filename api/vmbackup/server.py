@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
 
 from vmbackup import paths
 from vmbackup.auth import Auth
 from vmbackup.discovery import Discovery
-from vmbackup.routes import build_app, es_header_names
+from vmbackup.routes import build_app, es_header_names, utf8_only
 from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
 from vmbackup.service import Service
@@ -20,12 +22,22 @@ DEFAULT_DATA_DIR = os.environ.get("VMBACKUP_DATA_DIR", "/var/lib/vmbackup")
 DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVENTORY, "lab", "hosts.yml"))
 
 
+DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
+DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
+DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
+
+
 class Application:
     """The store, runner, auth, service and discovery of one service instance."""
 
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
-                 size_limit: int | None = None, jobs_per_node: int | None = None):
+                 size_limit: int | None = None, jobs_per_node: int | None = None,
+                 body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
+                 stream_limit: float = DEFAULT_STREAM_LIMIT):
         self.data_dir = os.path.abspath(data_dir)
+        self.body_limit = body_limit
+        self.run_retention = run_retention
+        self.stream_limit = stream_limit
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
         self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
@@ -36,7 +48,17 @@ class Application:
         self._stop = threading.Event()
 
     def wsgi(self):
-        return es_header_names(build_app(self.service, self.auth))
+        app = build_app(self.service, self.auth, stream_limit=self.stream_limit)
+        return limit_body(utf8_only(es_header_names(app)), self.body_limit)
+
+    def purge_runs(self) -> list[str]:
+        """Remove the folders of runs finished more than `run_retention` ago (their tasks stay recorded)."""
+        pending = {t["task_id"] for t in self.store.pending_tasks()}
+        removed = self.runner.purge(self.run_retention, keep=lambda ident: ident in pending)
+        if removed:
+            log.info("removed %d finished run folder(s) older than %d days", len(removed),
+                     self.run_retention // 86400)
+        return removed
 
     def discover(self) -> dict:
         summary = self.discovery.run()
@@ -49,8 +71,11 @@ class Application:
         recovered = self.service.recover()
         if recovered:
             log.info("following %d job(s) left by an earlier run", recovered)
+        for username, changes in self.service.owners_by_uuid().items():
+            log.warning("user %s: VMs given by hostname are now kept by uuid: %s", username, changes)
         if schedule:
             self.scheduler.start()
+        threading.Thread(target=self._housekeeping, daemon=True, name="housekeeping").start()
         if discover_every is None:
             return
 
@@ -64,19 +89,80 @@ class Application:
 
         threading.Thread(target=loop, daemon=True, name="discovery").start()
 
+    def _housekeeping(self, every: float = 3600.0) -> None:
+        while not self._stop.is_set():
+            try:
+                self.purge_runs()
+            except Exception:  # housekeeping must not stop the service
+                log.exception("purging finished runs failed")
+            self._stop.wait(every)
+
     def stop(self) -> None:
         self._stop.set()
         self.scheduler.stop()
 
 
+def limit_body(app, limit: int):
+    """WSGI wrapper: a body declared larger than `limit` is answered 413 before any of it is read.
+    (waitress refuses larger chunked bodies itself while reading, see serve.)"""
+    def wsgi(environ, start_response):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length > limit or length < 0:
+            code = "413 Request Entity Too Large" if length > limit else "400 Bad Request"
+            detail = ("Request body too large: at most %d bytes." % limit if length > limit
+                      else "Invalid Content-Length header.")
+            body = json.dumps({"detail": detail}).encode()
+            start_response(code, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                  ("Connection", "close")])
+            return [body]
+        return app(environ, start_response)
+    return wsgi
+
+
+def _json_errors_channel():
+    """waitress's own refusals (a body over its limit, a malformed request) as JSON, not text."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JSONErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            body = json.dumps({"detail": "%s: %s" % (error.reason, error.body)}).encode()
+            self.status = "%d %s" % (error.code, error.reason)
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JSONErrorChannel(HTTPChannel):
+        error_task_class = JSONErrorTask
+
+    return JSONErrorChannel
+
+
 def serve(listen: str, data_dir: str, inventory: str, discover_every: float | None = 600.0,
           threads: int = 8, size_limit: int | None = None, schedule: bool = True,
-          jobs_per_node: int | None = None, schedule_interval: float = 5.0) -> None:
-    import waitress
+          jobs_per_node: int | None = None, schedule_interval: float = 5.0,
+          body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
+          stream_limit: float = DEFAULT_STREAM_LIMIT) -> None:
+    import waitress.server
 
     host, _, port = listen.rpartition(":")
-    app = Application(data_dir, inventory, size_limit, jobs_per_node)
+    app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
+                      run_retention=run_retention, stream_limit=stream_limit)
     app.scheduler.interval = schedule_interval
     app.start_background(discover_every, schedule)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)
-    waitress.serve(app.wsgi(), host=host or "127.0.0.1", port=int(port), threads=threads, ident="vmbackup")
+    # waitress answers a declared or chunked body over its limit with 413 while reading the headers or
+    # the chunks (JSON through our channel); limit_body covers the app under any other WSGI server.
+    server = waitress.server.create_server(app.wsgi(), host=host or "127.0.0.1", port=int(port), threads=threads,
+                                           ident="vmbackup", max_request_body_size=body_limit + 1)
+    server.channel_class = _json_errors_channel()
+    started = time.monotonic()
+    try:
+        server.run()
+    finally:
+        log.info("vmbackup API stopped after %.0f s", time.monotonic() - started)

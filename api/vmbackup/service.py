@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import collections
 import datetime
+import re
 import secrets
 import threading
 
 from vmbackup import errors, validation
 from vmbackup.runner import Runner, RunResult
-from vmbackup.store import Store
+from vmbackup.store import Ambiguous, Store
 
 # Backup status codes (API.md section 3).
 OK, PENDING, RESTORE, LOST = 1, 2, 3, 4
@@ -70,18 +71,52 @@ class Service:
             raise errors.PermissionDenied()
 
     @staticmethod
-    def may_see(user: dict, vm_uuid: str, hostname: str | None) -> bool:
-        if user.get("is_admin"):
-            return True
-        owned = set(user.get("vms") or [])
-        return vm_uuid in owned or (hostname is not None and hostname in owned)
+    def may_see(user: dict, vm_uuid: str, hostname: str | None = None) -> bool:
+        """Admins see every VM; an owner the VMs whose uuids it was given (a hostname is not an identity:
+        another VM may be given that name later)."""
+        return bool(user.get("is_admin")) or vm_uuid in set(user.get("vms") or [])
 
     def vm_for(self, user: dict, hostname_or_uuid: str) -> dict:
-        """The VM, or 404 (also for VMs the user may not see)."""
-        vm = self.store.get_vm(hostname_or_uuid)
+        """The VM, or 404 (also for VMs the user may not see, and for a hostname several VMs have)."""
+        try:
+            vm = self.store.get_vm(hostname_or_uuid)
+        except Ambiguous as clash:
+            raise self._ambiguous(user, clash.hostname, clash.uuids) from None
         if vm is None or not self.may_see(user, vm["uuid"], vm["hostname"]):
             raise errors.NotFound(errors.VM_NOT_FOUND)
         return vm
+
+    def _ambiguous(self, user: dict, hostname: str, uuids: list[str]) -> errors.NotFound:
+        visible = [u for u in uuids if self.may_see(user, u)]
+        if not visible:
+            return errors.NotFound(errors.VM_NOT_FOUND)
+        if len(visible) == 1 and not user.get("is_admin"):
+            # An owner who sees one of them is answered as if the others did not exist.
+            return errors.NotFound(errors.VM_AMBIGUOUS % (hostname, len(uuids), visible[0]))
+        return errors.NotFound(errors.VM_AMBIGUOUS % (hostname, len(visible), ", ".join(visible)))
+
+    def owners_by_uuid(self) -> dict[str, str]:
+        """Owners given VMs by hostname (by an earlier version) keep them by uuid from now on; hostnames
+        that name no VM or several are dropped. Returns what changed per user, for the log."""
+        changes = {}
+        with self.store.lock:
+            for user in self.store.users():
+                kept, notes = [], []
+                for entry in user.get("vms") or []:
+                    if validation.is_uuid(entry):
+                        kept.append(entry.lower())
+                        continue
+                    try:
+                        vm = self.store.get_vm(entry)
+                    except Ambiguous:
+                        vm = None
+                    if vm is not None:
+                        kept.append(vm["uuid"])
+                    notes.append("%s -> %s" % (entry, vm["uuid"] if vm else "dropped (no single VM has it)"))
+                if notes:
+                    self.store.save_user(dict(user, vms=kept))
+                    changes[user["username"]] = ", ".join(notes)
+        return changes
 
     # -- nodes and VMs --------------------------------------------------------------------------
     def node_operational(self, name: str) -> bool:
@@ -199,15 +234,22 @@ class Service:
         return self.definition_view(definition, False)
 
     def _check_definition(self, fields: validation.Fields, definition: dict) -> None:
+        """The rules of a definition's fields; raises 423 when the backup node's pools are not known yet
+        (a pool can only be accepted once the node has said it has it)."""
         if definition["schedule"] is not None and not validation.valid_schedule(definition["schedule"]):
             fields.fail("schedule", "Invalid cron format: use 5 fields in UTC, e.g. 30 4 * * 6.")
         validation.check_desc(fields, definition["desc"])
+        if definition["zpool"] is not None and not validation.is_pool_name(definition["zpool"]):
+            fields.fail("zpool", "Enter a valid pool name: a letter, then letters, digits or '_.:-'.")
         if definition["node"] and "node" not in fields.errors:
             node = self.store.get_node(definition["node"])
             if node is None or "backup" not in node.get("roles", []):
                 fields.fail("node", "Object with name=%s does not exist or is not a backup node." % definition["node"])
-            elif definition["zpool"] and node.get("pools") is not None and definition["zpool"] not in node["pools"]:
-                fields.fail("zpool", "Storage %s does not exist on node %s." % (definition["zpool"], node["name"]))
+            elif "zpool" not in fields.errors and definition["zpool"]:
+                if not isinstance(node.get("pools"), dict):
+                    raise errors.Locked(errors.NODE_NOT_OPERATIONAL)
+                if definition["zpool"] not in node["pools"]:
+                    fields.fail("zpool", "Storage %s does not exist on node %s." % (definition["zpool"], node["name"]))
 
     def update_definition(self, user: dict, vm_name: str, name: str, data: dict) -> dict:
         vm, disk = self._writable_vm(user, vm_name, data)
@@ -257,6 +299,11 @@ class Service:
         return view
 
     def visible_backups(self, user: dict, original: str) -> list[dict]:
+        """Backups made under hostname or uuid `original` that the user may see; 404 when that hostname
+        was used by several VMs (their backups are then reached by uuid)."""
+        owners = [u for u in self.store.backup_owners(original) if self.may_see(user, u)]
+        if len(owners) > 1 and original not in owners:
+            raise self._ambiguous(user, original, owners)
         return [b for b in self.store.backups(original) if self.may_see(user, b["vm_uuid"], b["hostname"])]
 
     def list_backups(self, user: dict, original: str, params: dict) -> list:
@@ -590,9 +637,7 @@ class Service:
             name = task["bkpname"]
             if run.ok:
                 res = run.result
-                self.store.update_backup(vm_uuid, disk_id, name, {
-                    "status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
-                    "file_path": res.get("file_path") or None, "checksum": res.get("checksum") or None})
+                self.store.update_backup(vm_uuid, disk_id, name, made_fields(res))
                 return "name=%s, disk_id=%s" % (name, disk_id)
             self.store.delete_backups(vm_uuid, disk_id, [name])
             return run.error or run.status
@@ -622,9 +667,7 @@ class Service:
             # The key batch_report (collection/plugins/filter/report.py) gives each backup.
             res = results.get("%s:%s:%s" % (item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
             if res.get("ok"):
-                self.store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], {
-                    "status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
-                    "file_path": res.get("file_path") or None, "checksum": res.get("checksum") or None})
+                self.store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], made_fields(res))
                 made.append(item)
             else:
                 self.store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
@@ -671,6 +714,27 @@ class Service:
                 return
         if not self.runner.cancel(task_id):
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
+
+
+# What a backup node reports about a backup goes into later runs (a restore's file_path): checked here.
+REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
+CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def made_fields(res: dict) -> dict:
+    """A made backup's record fields from what its run reported, each checked."""
+    return {"status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
+            "file_path": reported_path(res.get("file_path")), "checksum": reported_checksum(res.get("checksum"))}
+
+
+def reported_path(value) -> str | None:
+    if isinstance(value, str) and REPORTED_PATH_RE.fullmatch(value) and ".." not in value.split("/"):
+        return value
+    return None
+
+
+def reported_checksum(value) -> str | None:
+    return value if isinstance(value, str) and CHECKSUM_RE.fullmatch(value) else None
 
 
 def _int(value) -> int | None:

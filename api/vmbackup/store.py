@@ -1,23 +1,55 @@
-"""The store: TinyDB documents, partitioned so that a write costs the same at any size.
+"""The store: TinyDB documents, partitioned so that a write costs the same at any size, and shared safely
+by every process that opens the same data dir (the service, a second service, `vmbackup user ...`).
 
 Each VM has a TinyDB file of its own (`vms/<uuid>.json`: the VM, its definitions, its backups), which
 outlives the VM. Users, tokens and nodes live in `main.json`; tasks and the task log in one file per
 UTC day. A write rewrites only its own small file, atomically (temporary file, fsync, rename), so a
-crash leaves the old file or the new one. One lock serialises every read and write.
+crash leaves the old file or the new one.
+
+`Store.lock` is one transaction: a thread lock, and across processes an exclusive `flock` on
+`<data dir>/store.lock`. Every writer bumps a generation counter in `<data dir>/generation` (read
+through mmap, so checking it costs no system call); on entering the lock a store whose counter is
+behind re-reads the files another process changed. So a read-modify-write never works on stale data
+and no record written by another process is lost. Files are private: the data dir 0700, files 0600.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
+import mmap
 import os
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 Doc = dict
+FILE_MODE, DIR_MODE = 0o600, 0o700
+# A file changed within this many seconds is re-read on a sync even if its stat looks the same: file
+# times are only as fine as the kernel's clock tick, so two writes in one tick can share an mtime.
+RECENT = 2.0
+
+
+class Ambiguous(LookupError):
+    """A hostname that names several VMs now: such a VM is reached by its uuid only."""
+
+    def __init__(self, hostname: str, uuids: list[str]):
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.uuids = sorted(uuids)
+
+
+def _signature(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class AtomicJSONStorage(Storage):
@@ -27,12 +59,28 @@ class AtomicJSONStorage(Storage):
         super().__init__()
         self.path = path
         self._data: dict | None = None
+        self._loaded = False
+        self.signature: tuple | None = None
+
+    def load(self) -> None:
+        """(Re-)read the file as it is on disk now."""
+        self.signature = _signature(self.path)
+        if self.signature is None:
+            self._data = None
+        else:
+            with open(self.path) as handle:
+                self._data = json.load(handle)
+        self._loaded = True
+
+    def stale(self, now: float) -> bool:
+        """Whether another process may have written the file since it was read."""
+        signature = _signature(self.path)
+        return signature != self.signature or (signature is not None and now - signature[1] / 1e9 < RECENT)
 
     def peek(self) -> dict:
         """The cached data itself, for readers that copy what they return (no copy here)."""
-        if self._data is None and os.path.exists(self.path):
-            with open(self.path) as handle:
-                self._data = json.load(handle)
+        if not self._loaded:
+            self.load()
         return self._data or {}
 
     def read(self) -> dict | None:
@@ -45,12 +93,19 @@ class AtomicJSONStorage(Storage):
 
     def write(self, data: dict) -> None:
         tmp = "%s.tmp-%d-%d" % (self.path, os.getpid(), threading.get_ident())
-        with open(tmp, "w") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(data, separators=(",", ":")))  # dumps: the C encoder
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
         self._data = data
+        self._loaded = True
+        self.signature = _signature(self.path)
+        if self.on_write is not None:
+            self.on_write()
+
+    on_write: Callable[[], None] | None = None
 
     def close(self) -> None:
         pass
@@ -61,13 +116,55 @@ def docs(db: TinyDB, table: str) -> list[Doc]:
     return [dict(doc) for doc in db.storage.peek().get(table, {}).values()]
 
 
-def _open(path: str) -> TinyDB:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return TinyDB(path, storage=AtomicJSONStorage)
-
-
 def utc_day(when: datetime.datetime | None = None) -> str:
     return (when or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d")
+
+
+def make_private(data_dir: str) -> None:
+    """The data dir 0700 and every file in it 0600 (they hold password, token and key hashes)."""
+    os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
+    os.chmod(data_dir, DIR_MODE)
+    for folder in ("", "vms", "tasks"):
+        path = os.path.join(data_dir, folder)
+        if not os.path.isdir(path):
+            continue
+        if folder:
+            os.chmod(path, DIR_MODE)
+        for entry in os.scandir(path):
+            if entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, FILE_MODE)
+
+
+class _Transaction:
+    """The store's lock: reentrant for threads, an exclusive flock across processes, and on entry a sync
+    with what other processes wrote; on leaving after a write, the generation is bumped for them."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._thread = threading.RLock()
+        self._depth = 0
+
+    def __enter__(self) -> _Transaction:
+        self._thread.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            try:
+                fcntl.flock(self._store._lock_fd, fcntl.LOCK_EX)
+                self._store._sync()
+            except BaseException:
+                self._depth -= 1
+                self._thread.release()
+                raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            try:
+                self._store._publish()
+            finally:
+                fcntl.flock(self._store._lock_fd, fcntl.LOCK_UN)
+        self._thread.release()
 
 
 class Store:
@@ -75,47 +172,129 @@ class Store:
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
-        self.lock = threading.RLock()
-        self.main = _open(os.path.join(data_dir, "main.json"))
-        self._vms: dict[str, TinyDB] = {}           # vm uuid -> its partition
-        self._hostnames: dict[str, str] = {}        # current hostname -> vm uuid
+        make_private(data_dir)
+        for folder in ("vms", "tasks"):
+            os.makedirs(os.path.join(data_dir, folder), mode=DIR_MODE, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(data_dir, "store.lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        self._generation = self._open_generation()
+        self._seen_generation = -1
+        self._dirty = False
+        self.lock = _Transaction(self)
+        self._vms: dict[str, TinyDB] = {}            # vm uuid -> its partition
+        self._vm_host: dict[str, str | None] = {}     # vm uuid -> current hostname (None: VM deleted)
+        self._hostnames: dict[str, set[str]] = {}     # current hostname -> uuids of the VMs that have it now
+        self._uuid_backup_hosts: dict[str, set[str]] = {}  # vm uuid -> hostnames its backups were made under
         self._backup_hosts: dict[str, set[str]] = {}  # hostname a backup was made under -> vm uuids
-        self._task_days: dict[str, str] = {}        # task id -> day of its partition
+        self._task_days: dict[str, str] = {}          # task id -> day of its partition
         self._pending: set[str] = set()
         self._days: dict[str, TinyDB] = {}
-        self._load()
+        self.main = self._open(os.path.join(data_dir, "main.json"))
+        with self.lock:
+            pass  # the first sync loads every partition
 
-    # -- loading --------------------------------------------------------------------------------
-    def _load(self) -> None:
+    # -- files shared with other processes ------------------------------------------------------
+    def _open_generation(self) -> mmap.mmap:
+        path = os.path.join(self.data_dir, "generation")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.pwrite(fd, struct.pack("<Q", 0), 0)
+            return mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def _read_generation(self) -> int:
+        return struct.unpack("<Q", self._generation[:8])[0]
+
+    def _open(self, path: str) -> TinyDB:
+        db = TinyDB(path, storage=AtomicJSONStorage)
+        db.storage.on_write = self._wrote
+        return db
+
+    def _wrote(self) -> None:
+        self._dirty = True
+
+    def _publish(self) -> None:
+        """After a transaction that wrote: tell the other processes (under the flock, so no bump is lost)."""
+        if self._dirty:
+            self._dirty = False
+            self._seen_generation = self._read_generation() + 1
+            self._generation[:8] = struct.pack("<Q", self._seen_generation)
+
+    def _sync(self) -> None:
+        """Re-read what other processes wrote since this store last looked (called under the flock)."""
+        generation = self._read_generation()
+        if generation == self._seen_generation:
+            return
+        now = time.time()
+        if self.main.storage.stale(now) or not self.main.storage._loaded:
+            self._reload(self.main)
         folder = os.path.join(self.data_dir, "vms")
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):
-            if name.endswith(".json"):
-                uuid = name[:-5]
-                db = self._vms[uuid] = _open(os.path.join(folder, name))
-                for vm in docs(db, "vm"):
-                    if not vm.get("deleted"):
-                        self._hostnames[vm["hostname"]] = uuid
-                for backup in docs(db, "backups"):
-                    self._backup_hosts.setdefault(backup["hostname"], set()).add(uuid)
-        tasks = os.path.join(self.data_dir, "tasks")
-        os.makedirs(tasks, exist_ok=True)
-        for name in sorted(os.listdir(tasks)):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".json"):
+                uuid = entry.name[:-5]
+                db = self._vms.get(uuid)
+                if db is None:
+                    db = self._vms[uuid] = self._open(entry.path)
+                elif not db.storage.stale(now):
+                    continue
+                self._reload(db)
+                self._index_vm(uuid)
+        folder = os.path.join(self.data_dir, "tasks")
+        for name in sorted(os.listdir(folder)):
             if name.endswith(".json"):
                 day = name[:-5]
-                for task in self._day(day).table("tasks").all():
-                    self._task_days[task["task_id"]] = day
-                    if task.get("status") == "PENDING":
-                        self._pending.add(task["task_id"])
+                db = self._days.get(day)
+                if db is None:
+                    db = self._days[day] = self._open(os.path.join(folder, name))
+                elif not db.storage.stale(now):
+                    continue
+                self._reload(db)
+                self._index_day(day)
+        self._seen_generation = generation
+
+    @staticmethod
+    def _reload(db: TinyDB) -> None:
+        db.storage.load()
+        db.clear_cache()
+        db._tables.clear()  # a table caches its next document id, which another process may have used
+
+    def _index_vm(self, uuid: str) -> None:
+        db = self._vms[uuid]
+        old = self._vm_host.get(uuid)
+        if old is not None:
+            self._hostnames.get(old, set()).discard(uuid)
+            if not self._hostnames.get(old):
+                self._hostnames.pop(old, None)
+        vm = db.storage.peek().get("vm", {}).get("1")
+        current = vm["hostname"] if vm and not vm.get("deleted") else None
+        self._vm_host[uuid] = current
+        if current is not None:
+            self._hostnames.setdefault(current, set()).add(uuid)
+        hosts = {b["hostname"] for b in db.storage.peek().get("backups", {}).values()}
+        for hostname in self._uuid_backup_hosts.get(uuid, set()) - hosts:
+            self._backup_hosts.get(hostname, set()).discard(uuid)
+        for hostname in hosts:
+            self._backup_hosts.setdefault(hostname, set()).add(uuid)
+        self._uuid_backup_hosts[uuid] = hosts
+
+    def _index_day(self, day: str) -> None:
+        for task in self._days[day].storage.peek().get("tasks", {}).values():
+            self._task_days[task["task_id"]] = day
+            if task.get("status") == "PENDING":
+                self._pending.add(task["task_id"])
+            else:
+                self._pending.discard(task["task_id"])
 
     def _day(self, day: str) -> TinyDB:
         if day not in self._days:
-            self._days[day] = _open(os.path.join(self.data_dir, "tasks", day + ".json"))
+            self._days[day] = self._open(os.path.join(self.data_dir, "tasks", day + ".json"))
         return self._days[day]
 
     def _partition(self, vm_uuid: str, create: bool = False) -> TinyDB | None:
         if vm_uuid not in self._vms and create:
-            self._vms[vm_uuid] = _open(os.path.join(self.data_dir, "vms", vm_uuid + ".json"))
+            self._vms[vm_uuid] = self._open(os.path.join(self.data_dir, "vms", vm_uuid + ".json"))
+            self._vm_host.setdefault(vm_uuid, None)
         return self._vms.get(vm_uuid)
 
     # -- nodes ----------------------------------------------------------------------------------
@@ -133,32 +312,40 @@ class Store:
 
     # -- VMs ------------------------------------------------------------------------------------
     def get_vm(self, hostname_or_uuid: str) -> Doc | None:
-        """A VM that exists now, by hostname or uuid."""
+        """A VM that exists now, by uuid or by a hostname only it has (Ambiguous if several have it)."""
         with self.lock:
-            uuid = self._hostnames.get(hostname_or_uuid, hostname_or_uuid)
-            db = self._partition(uuid)
-            if db is None:
-                return None
-            vm = db.storage.peek().get("vm", {}).get("1")
+            if self._vm_host.get(hostname_or_uuid) is not None:
+                uuid = hostname_or_uuid
+            else:
+                uuids = self._hostnames.get(hostname_or_uuid) or set()
+                if len(uuids) > 1:
+                    raise Ambiguous(hostname_or_uuid, list(uuids))
+                if not uuids:
+                    return None
+                uuid = next(iter(uuids))
+            vm = self._vms[uuid].storage.peek().get("vm", {}).get("1")
             return None if vm is None or vm.get("deleted") else dict(vm)
 
     def vms(self) -> list[Doc]:
         with self.lock:
-            return [vm for vm in (self.get_vm(u) for u in list(self._hostnames.values())) if vm]
+            return [self.get_vm(uuid) for uuid, host in self._vm_host.items() if host is not None]
+
+    def hostname_clashes(self) -> dict[str, list[str]]:
+        """Hostnames that several VMs have now, with their uuids."""
+        with self.lock:
+            return {host: sorted(uuids) for host, uuids in self._hostnames.items() if len(uuids) > 1}
 
     def upsert_vm(self, vm: Doc) -> None:
         """Record a VM as discovered; its hostname may have changed."""
         with self.lock:
             db = self._partition(vm["uuid"], create=True)
             old = db.table("vm").get(doc_id=1)
-            if old and self._hostnames.get(old["hostname"]) == vm["uuid"]:
-                del self._hostnames[old["hostname"]]
             vm = dict(vm, deleted=False)
             if old is None:
                 db.table("vm").insert(vm)
             else:
                 db.table("vm").update(vm, doc_ids=[1])
-            self._hostnames[vm["hostname"]] = vm["uuid"]
+            self._index_vm(vm["uuid"])
 
     def mark_vm_deleted(self, vm_uuid: str) -> None:
         """The VM is gone from its node; its backups stay."""
@@ -167,21 +354,20 @@ class Store:
             vm = db.table("vm").get(doc_id=1) if db is not None else None
             if vm and not vm.get("deleted"):
                 db.table("vm").update({"deleted": True}, doc_ids=[1])
-                if self._hostnames.get(vm["hostname"]) == vm_uuid:
-                    del self._hostnames[vm["hostname"]]
+                self._index_vm(vm_uuid)
 
     def current_hostname(self, vm_uuid: str) -> str | None:
-        vm = self.get_vm(vm_uuid)
-        return vm["hostname"] if vm else None
+        with self.lock:
+            return self._vm_host.get(vm_uuid)
 
     # -- definitions ----------------------------------------------------------------------------
     def definitions(self, vm_uuid: str | None = None) -> list[Doc]:
+        """Definitions of VMs that exist now (all of them, or of one VM)."""
         with self.lock:
-            current = set(self._hostnames.values())  # definitions of deleted VMs are not shown
             found = []
             for uuid in [vm_uuid] if vm_uuid else list(self._vms):
                 db = self._partition(uuid)
-                if db is not None and uuid in current:
+                if db is not None and self._vm_host.get(uuid) is not None:
                     found.extend(docs(db, "definitions"))
             return found
 
@@ -210,13 +396,18 @@ class Store:
             self._partition(vm_uuid).table("definitions").remove((q.disk_id == disk_id) & (q.name == name))
 
     # -- backups --------------------------------------------------------------------------------
+    def backup_owners(self, original: str) -> set[str]:
+        """The uuids of the VMs whose backups were made under hostname or uuid `original`."""
+        with self.lock:
+            return set(self._backup_hosts.get(original, ())) | ({original} if original in self._vms else set())
+
     def backups(self, original: str | None = None, vm_uuid: str | None = None) -> list[Doc]:
         """Backups made under hostname or uuid `original` (or of `vm_uuid`), whatever became of the VM."""
         with self.lock:
             if vm_uuid:
                 uuids = {vm_uuid}
             elif original is not None:
-                uuids = set(self._backup_hosts.get(original, ())) | ({original} if original in self._vms else set())
+                uuids = self.backup_owners(original)
             else:
                 uuids = set(self._vms)
             found = []
@@ -239,7 +430,7 @@ class Store:
     def insert_backup(self, backup: Doc) -> None:
         with self.lock:
             self._partition(backup["vm_uuid"], create=True).table("backups").insert(backup)
-            self._backup_hosts.setdefault(backup["hostname"], set()).add(backup["vm_uuid"])
+            self._index_vm(backup["vm_uuid"])
 
     def update_backup(self, vm_uuid: str, disk_id: int, name: str, fields: Doc) -> None:
         with self.lock:
@@ -252,6 +443,7 @@ class Store:
             db = self._partition(vm_uuid)
             if db is not None:
                 db.table("backups").remove((q.disk_id == disk_id) & (q.name.one_of(list(names))))
+                self._index_vm(vm_uuid)
 
     def total_backup_size(self) -> int:
         with self.lock:
@@ -286,6 +478,15 @@ class Store:
     def delete_token(self, token_hash: str) -> None:
         with self.lock:
             self.main.table("tokens").remove(Query().token_hash == token_hash)
+
+    def delete_tokens(self, test: Callable[[Doc], bool]) -> int:
+        """Remove every token `test` accepts (a user's, or the expired ones); return how many."""
+        with self.lock:
+            table = self.main.table("tokens")
+            ids = [t.doc_id for t in table.all() if test(t)]
+            if ids:
+                table.remove(doc_ids=ids)
+            return len(ids)
 
     # -- tasks ----------------------------------------------------------------------------------
     def insert_task(self, task: Doc) -> None:
@@ -322,5 +523,7 @@ class Store:
 
     def task_log(self, days: int = 7) -> Iterator[Doc]:
         with self.lock:
+            entries = []
             for day in sorted(set(self._task_days.values()) | {utc_day()}, reverse=True)[:days]:
-                yield from (dict(e) for e in self._day(day).table("log").all())
+                entries.extend(dict(e) for e in self._day(day).table("log").all())
+        yield from entries

@@ -11,7 +11,10 @@ from vmbackup import errors
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
-DEFINITION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names are checked with fullmatch: `$` would also match before a trailing newline.
+DEFINITION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+POOL_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,254}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DESC_FORBIDDEN = set("<>%$&;'\"")
 REQUIRED = "This field is required."
 
@@ -83,7 +86,7 @@ def to_int(value) -> int:
     if isinstance(value, int):
         return value
     text = str(value).strip()
-    if not re.fullmatch(r"[-+]?\d+", text):
+    if not re.fullmatch(r"[-+]?[0-9]{1,20}", text):
         raise ValueError(value)
     return int(text)
 
@@ -99,8 +102,21 @@ def to_bool(value) -> bool:
     raise ValueError(value)
 
 
+def is_uuid(value) -> bool:
+    return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
+
+
+def is_pool_name(value) -> bool:
+    return isinstance(value, str) and POOL_NAME_RE.fullmatch(value) is not None
+
+
+CRON_FIELD = r"[0-9A-Za-z*/,?-]{1,64}"
+CRON_RE = re.compile(r"%s( +%s){4}" % (CRON_FIELD, CRON_FIELD))
+
+
 def valid_schedule(schedule: str) -> bool:
-    return len(schedule.split()) == 5 and croniter.is_valid(schedule)
+    """Five cron fields separated by spaces (no other whitespace), that croniter accepts."""
+    return CRON_RE.fullmatch(schedule) is not None and croniter.is_valid(schedule)
 
 
 def check_desc(fields: Fields, desc: str | None) -> None:
@@ -109,7 +125,7 @@ def check_desc(fields: Fields, desc: str | None) -> None:
 
 
 def check_definition_name(name: str) -> None:
-    if not DEFINITION_NAME_RE.match(name) or len(name) > 8:
+    if not DEFINITION_NAME_RE.fullmatch(name) or len(name) > 8:
         raise errors.ValidationFailed({"name": ["Enter a valid name: at most 8 letters, digits, '.', '_' or '-', "
                                                 "starting with a letter or digit."]})
 

@@ -5,8 +5,8 @@
 """Names and places: what a valid ZFS name is, where backups live, how files are compressed.
 
 Each fact here has no other home; modules, playbooks and the API import it from this file. Every
-pattern is matched against a whole name (re.fullmatch): with `.match`, `$` would let a trailing
-newline through. The patterns keep their `^...$` so that the playbooks' copies stay equal to them.
+pattern ends in \\Z and is matched with re.fullmatch: `$` would let a trailing newline through. The
+playbooks' copies (playbooks/vars/common.yml) are the same patterns; a test keeps them agreeing.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import re
 
 # ZFS component names: no leading '-' (it would read as an option), no '..', no shell metacharacters.
 _COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
-DATASET_RE = re.compile(r"^%s(/%s)*$" % (_COMPONENT, _COMPONENT))
-SNAPSHOT_NAME_RE = re.compile(r"^%s$" % _COMPONENT)
-POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+DATASET_RE = re.compile(r"^%s(/%s)*\Z" % (_COMPONENT, _COMPONENT))
+SNAPSHOT_NAME_RE = re.compile(r"^%s\Z" % _COMPONENT)
+POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*\Z")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 # A backup definition name as the API allows it, and a backup name made from it.
-DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}$")
-BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-\d{8}_\d{6}$")
+DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}\Z")
+BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-\d{8}_\d{6}\Z")
 BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
 # The compute node's VM disks: <pool>/<uuid>-disk<N> (KVM/bhyve zvols) or <pool>/<uuid> (OS zones).
-DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>\d+))?$")
+DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>\d+))?\Z")
 MAX_NAME = 255
 
 # User properties that vmbackup puts on snapshots; they let backup_info list backups from the nodes.
@@ -191,10 +191,10 @@ DATASET_ASIDE_MARK = "-aside-"
 # A restore keeps the target disk aside as `<target>-restore-<time>` until the new one is complete.
 RESTORE_ASIDE_MARK = "-restore-"
 # `<uuid>-disk<N>` or `<uuid>-disk<N>-aside-<time>`: the leaf of a dataset under <zpool>/backups/ds.
-BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>\d+)(?P<aside>%s.+)?$"
+BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>\d+)(?P<aside>%s.+)?\Z"
                                     % re.escape(DATASET_ASIDE_MARK))
 # `<bkpname>-full.zfs[.ext]`: a file backup, named by file_backup_name().
-BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?$")
+BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?\Z")
 # Native properties a restore carries over from the old disk to the new one, where set locally, in
 # this order (the size before the reservations that depend on it). User properties (with a colon,
 # such as vmbackup:hostname) are carried over too. volblocksize is fixed at creation: only compared.

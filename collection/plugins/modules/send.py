@@ -115,7 +115,9 @@ options:
         C(<this host>:<zpool>:<type>).
     type: str
 notes:
-  - Check mode says what would be sent (full or incremental, from which base, to where) and runs nothing.
+  - Check mode says what would be sent (full or incremental, from which base, to where) and runs nothing. A
+    I(snapshot) that does not exist yet (a check-mode run of M(vmbackup.zfs.snapshot) only predicts it) is
+    planned as the newest snapshot of I(source).
   - The diff is the disk's backups of this type on this node before and after.
   - On zfs-fuse (pool version 23) only C(zfs send -i/-I/-p/-R/-D) exist; no flags beyond those are used.
 """
@@ -235,7 +237,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_label, check_names
-from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -282,9 +284,15 @@ class Backup(Transfer):
     def source_snapshot(self):
         snaps = Dataset(self.source, self.p["source"]).snapshots((layout.PROP_BACKUP, layout.PROP_TARGET))
         by_name = {s.name: s for s in snaps}
-        if self.p["snapshot"] not in by_name:
-            raise SendFailed("snapshot: %s does not exist on %s" % (self.snapshot, self.source.name))
-        return by_name[self.p["snapshot"]], snaps
+        if self.p["snapshot"] in by_name:
+            return by_name[self.p["snapshot"]], snaps
+        if self.module.check_mode:
+            # A playbook in check mode only predicted the snapshot: plan for it as the next one to be made.
+            self.result["msg"] = "%s does not exist yet; planned as the newest snapshot of %s" % (
+                self.snapshot, self.p["source"])
+            newest = max([0] + [s.createtxg for s in snaps])
+            return Snapshot(self.p["source"], self.p["snapshot"], createtxg=newest + 1), snaps
+        raise SendFailed("snapshot: %s does not exist on %s" % (self.snapshot, self.source.name))
 
     def send_argv(self, base: str | None) -> list[str]:
         args = ["zfs", "send"]

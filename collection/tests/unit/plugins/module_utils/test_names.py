@@ -94,8 +94,9 @@ def test_hosts_and_labels_that_ssh_or_a_shell_could_misread_are_refused():
             check_label(FakeModule(), "hostname", label)
 
 
-def test_playbook_patterns_keep_their_anchors_but_are_used_whole():
-    # The playbooks copy these patterns; fullmatch makes the $ anchor refuse a trailing newline.
-    assert layout.UUID_RE.pattern.startswith("^") and layout.UUID_RE.pattern.endswith("$")
-    assert layout.UUID_RE.match(UUID + "\n")  # what .match would let through
-    assert layout.invalid_uuid(UUID + "\n")  # and what the checker refuses
+def test_every_pattern_ends_in_backslash_z_so_even_match_refuses_a_trailing_newline():
+    patterns = [value for name, value in vars(layout).items() if name.endswith("_RE")]
+    assert len(patterns) >= 9
+    for pattern in patterns:
+        assert pattern.pattern.endswith("\\Z") and "$" not in pattern.pattern, pattern.pattern
+    assert layout.UUID_RE.match(UUID) and not layout.UUID_RE.match(UUID + "\n")
