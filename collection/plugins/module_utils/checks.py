@@ -33,6 +33,14 @@ def check_host(module, option: str, value: str | None) -> None:
         fail(module, "%s: '%s' is not a host name" % (option, value), option=option)
 
 
+def check_path(module, option: str, value: str | None) -> None:
+    """Refuse a file path that is not absolute and plain (no '..', no control characters)."""
+    if value is None:
+        return
+    if not value.startswith("/") or ".." in value.split("/") or any(ord(c) < 32 or c in UNSAFE for c in value):
+        fail(module, "%s: '%s' is not an absolute path of plain characters" % (option, value), option=option)
+
+
 def check_label(module, option: str, value: str | None) -> None:
     """Refuse a free-form label (hostname, target id) that holds spaces or shell characters."""
     if value and (len(value) > 255 or any(c.isspace() or c in UNSAFE for c in value)):

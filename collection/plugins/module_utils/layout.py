@@ -21,10 +21,10 @@ POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*\Z")
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 # A backup definition name as the API allows it, and a backup name made from it.
 DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}\Z")
-BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-\d{8}_\d{6}\Z")
+BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-[0-9]{8}_[0-9]{6}\Z")
 BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
 # The compute node's VM disks: <pool>/<uuid>-disk<N> (KVM/bhyve zvols) or <pool>/<uuid> (OS zones).
-DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>\d+))?\Z")
+DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>[0-9]+))?\Z")
 MAX_NAME = 255
 
 # User properties that vmbackup puts on snapshots; they let backup_info list backups from the nodes.
@@ -191,7 +191,7 @@ DATASET_ASIDE_MARK = "-aside-"
 # A restore keeps the target disk aside as `<target>-restore-<time>` until the new one is complete.
 RESTORE_ASIDE_MARK = "-restore-"
 # `<uuid>-disk<N>` or `<uuid>-disk<N>-aside-<time>`: the leaf of a dataset under <zpool>/backups/ds.
-BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>\d+)(?P<aside>%s.+)?\Z"
+BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>[0-9]+)(?P<aside>%s.+)?\Z"
                                     % re.escape(DATASET_ASIDE_MARK))
 # `<bkpname>-full.zfs[.ext]`: a file backup, named by file_backup_name().
 BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?\Z")

@@ -236,7 +236,12 @@ import socket
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, stream
-from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_label, check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
+    check_host,
+    check_label,
+    check_names,
+    check_path,
+)
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
@@ -543,6 +548,7 @@ def main() -> None:
                 snapshots={"snapshot": p["snapshot"], "backup": p["backup"], "definition": p["definition"]},
                 pools={"zpool": p["zpool"]})
     check_host(module, "source_host", p["source_host"])
+    check_path(module, "progress_file", p["progress_file"])
     try:
         layout.disk_of(p["source"])
         layout.compression_name(p["compression"])
