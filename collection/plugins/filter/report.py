@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Filters of playbooks/backup.yml, which backs up 1..N disks the same way: each backup's key, its
 variables checked, its VM found in the compute nodes' answers, and the one result the run reports."""
 
