@@ -18,17 +18,11 @@ import threading
 from croniter import croniter
 
 from vmbackup import errors
-from vmbackup.service import Service, iso, now
+from vmbackup.clock import iso, now, parse
+from vmbackup.service import SCHEDULER, Service
 
 log = logging.getLogger("vmbackup.scheduler")
-SYSTEM_USER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
-
-
-def parse(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    return datetime.datetime.strptime(text.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S").replace(
-        tzinfo=datetime.timezone.utc)
+SYSTEM_USER = SCHEDULER
 
 
 def latest_due(schedule: str, after: datetime.datetime, until: datetime.datetime) -> datetime.datetime | None:
