@@ -8,7 +8,7 @@ items, with retention in the same run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vmbackup import facts
 from vmbackup.clock import iso, now
@@ -24,6 +24,7 @@ class Outcome:
 
     ok: bool
     detail: str
+    facts: dict = field(default_factory=dict)  # for listeners: e.g. lost=[...] from a sync
 
 
 class Job:
@@ -147,7 +148,8 @@ class SyncJob(Job):
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         from vmbackup import sync
         summary = sync.apply(store, task.get("extravars", {}).get("sync_nodes") or [], run, task.get("started"))
-        return Outcome(summary.ok, summary.detail())
+        return Outcome(summary.ok, summary.detail(), {"lost": summary.lost, "found": summary.found,
+                                                      "imported": summary.imported})
 
 
 KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), RetentionJob(), SyncJob())}

@@ -11,6 +11,7 @@ import threading
 
 from vmbackup import errors, jobs
 from vmbackup.clock import iso, now
+from vmbackup.events import Events
 from vmbackup.runner import Runner, RunResult
 from vmbackup.store import Store
 
@@ -21,9 +22,11 @@ Disk = tuple  # (vm uuid, disk_id)
 class JobQueue:
     """Claims, per-node limits, launching, finishing, recovery and cancel of jobs."""
 
-    def __init__(self, store: Store, runner: Runner, jobs_per_node: int | None = None):
+    def __init__(self, store: Store, runner: Runner, jobs_per_node: int | None = None,
+                 events: Events | None = None):
         self.store = store
         self.runner = runner
+        self.events = events or Events()
         self.jobs_per_node = jobs_per_node  # None: no limit; else jobs beyond it wait
         self._busy: dict[Disk, str] = {}     # VM disk -> task id of the job on it
         self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
@@ -110,6 +113,9 @@ class JobQueue:
         with self._lock:
             self._running[task.get("node")].discard(task_id)
         self._next(task.get("node"))
+        # Listeners (alerts, metrics) hear of every ended job, and of what it found (a sync's LOST backups).
+        self.events.emit("job_ended", task=dict(task, status=status, result=result), ok=outcome.ok,
+                         **outcome.facts)
 
     def recover(self) -> int:
         """At start: claim the disks of pending jobs and follow their runs (or queue them again)."""

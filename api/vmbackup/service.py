@@ -9,6 +9,7 @@ import secrets
 
 from vmbackup import errors, facts, validation
 from vmbackup.clock import backup_name, iso, now
+from vmbackup.events import Events
 from vmbackup.facts import LOST, OK, PENDING, RESTORE, TYPE_FILE
 from vmbackup.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob
 from vmbackup.queue import JobQueue
@@ -37,7 +38,8 @@ class Service:
         self.runner = runner
         self.dc_id = dc_id
         self.size_limit = size_limit
-        self.queue = JobQueue(store, runner, jobs_per_node)
+        self.events = Events()
+        self.queue = JobQueue(store, runner, jobs_per_node, self.events)
 
     # -- identities -----------------------------------------------------------------------------
     def task_id(self, user: dict | None, kind: str, owner_id: int | None = None) -> str:
