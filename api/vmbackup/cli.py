@@ -41,7 +41,8 @@ def serve_command(args: argparse.Namespace) -> int:
     server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
                  size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
                  schedule_interval=args.schedule_interval, body_limit=args.body_limit,
-                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit)
+                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
+                 verify_every=args.verify_every_days * 86400)
     return 0
 
 
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream-limit", type=float, default=server_defaults.DEFAULT_STREAM_LIMIT,
                        help="seconds an ES-STREAM answer waits for its job before it returns the current status "
                             "(default: %(default)s)")
+    serve.add_argument("--verify-every-days", type=float, default=server_defaults.DEFAULT_VERIFY_EVERY / 86400,
+                       help="days between restore drills of each definition's newest backup, spread over that time; "
+                            "0: no scheduled drills (default: %(default)s)")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",

@@ -124,6 +124,33 @@ class DeleteJob(Job):
         return Outcome(False, run.error or run.status)
 
 
+class VerifyJob(Job):
+    """A restore drill into scratch space on the backup node (playbooks/verify.yml): the backup's record
+    gets when, the outcome, the digest and the duration; the VM and the backup are never touched."""
+
+    kind, playbook = "verify", "verify.yml"
+    success, failure = "Backup successfully verified", "Backup verification failed"
+
+    def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
+        b_uuid, b_disk, b_name = task["backup_key"]
+        res = run.result if isinstance(run.result, dict) else {}
+        passed = run.ok and res.get("ok") is True and res.get("outcome") == "passed"
+        digest = res.get("digest") if isinstance(res.get("digest"), str) and DIGEST_RE.fullmatch(res["digest"]) \
+            else None
+        reason = str(res.get("reason") or run.error or run.status)[:500]
+        fields = {"verify_status": "passed" if passed else "failed", "verify_time": iso(now()),
+                  "verify_duration": _round(res.get("duration")), "verify_reason": None if passed else reason}
+        with store.lock:
+            if passed:
+                fields.update(verified=fields["verify_time"], verify_digest=digest)
+                definition = store.get_definition(b_uuid, b_disk, task.get("define") or "")
+                if definition is not None:
+                    store.save_definition(dict(definition, verified=fields["verified"]))
+            store.update_backup(b_uuid, b_disk, b_name, fields)
+        detail = "name=%s, disk_id=%s, digest=%s" % (b_name, b_disk, digest) if passed else reason
+        return Outcome(passed, detail, {"drill": fields, "backup_key": [b_uuid, b_disk, b_name]})
+
+
 class RetentionJob(Job):
     """Retention as a job of its own, as earlier versions ran it (their pending tasks still end here)."""
 
@@ -152,7 +179,7 @@ class SyncJob(Job):
                                                       "imported": summary.imported})
 
 
-KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), RetentionJob(), SyncJob())}
+KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), VerifyJob(), RetentionJob(), SyncJob())}
 LEGACY = {"create": "backup", "batch": "backup", "delete_many": "delete"}  # kinds of earlier versions
 
 
@@ -164,6 +191,7 @@ def for_task(task: dict) -> Job:
 # What a backup node reports about a backup goes into records and later runs: checked here.
 REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
 CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
+DIGEST_RE = re.compile(r"[0-9a-f]{32,128}")
 
 
 def made_fields(res: dict) -> dict:

@@ -258,6 +258,8 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
         outcome = service.delete_backup(user, vm, name, params())
         return pending(outcome) or sync(user, outcome)
 
+    route("/api/vm/<vm>/backup/<name>/verify", "PUT",
+          lambda user, vm, name: pending(service.verify_backup(user, vm, name, params())))
     route("/api/vm/<vm>/backup/<name>", "PUT", put_backup)
     route("/api/vm/<vm>/backup/<name>", "DELETE", delete_one)
 

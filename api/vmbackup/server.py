@@ -26,6 +26,7 @@ DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVE
 DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
 DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
+DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
 
 
 class Application:
@@ -34,7 +35,7 @@ class Application:
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
                  size_limit: int | None = None, jobs_per_node: int | None = None,
                  body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-                 stream_limit: float = DEFAULT_STREAM_LIMIT):
+                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
@@ -44,7 +45,7 @@ class Application:
         self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
         self.auth = Auth(self.store)
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node)
-        self.scheduler = Scheduler(self.service, self.data_dir)
+        self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
         self.discovery = Discovery(self.store, self.runner, self.inventory)
         self._stop = threading.Event()
 
@@ -204,12 +205,12 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           threads: int = 8, size_limit: int | None = None, schedule: bool = True,
           jobs_per_node: int | None = None, schedule_interval: float = 5.0,
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-          stream_limit: float = DEFAULT_STREAM_LIMIT) -> None:
+          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
-                      run_retention=run_retention, stream_limit=stream_limit)
+                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every)
     app.scheduler.interval = schedule_interval
     app.start_background(discover_every, schedule)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)

@@ -8,10 +8,10 @@ import collections
 import secrets
 
 from vmbackup import errors, facts, validation
-from vmbackup.clock import backup_name, iso, now
+from vmbackup.clock import backup_name, iso, now, parse
 from vmbackup.events import Events
 from vmbackup.facts import LOST, OK, PENDING, RESTORE, TYPE_FILE
-from vmbackup.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob
+from vmbackup.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob, VerifyJob
 from vmbackup.queue import JobQueue
 from vmbackup.runner import Runner
 from vmbackup.store import Ambiguous, Store
@@ -22,6 +22,8 @@ DEFINITION_FIELDS = ["hostname", "vm_uuid", "name", "disk_id", "type", "node", "
                      "schedule", "retention", "compression", "fsfreeze"]
 BACKUP_FIELDS = ["hostname", "vm_uuid", "vm", "define", "name", "disk_id", "type", "node", "zpool", "created",
                  "status", "size", "time", "file_path", "note"]
+# Additive fields (API.md section 6): when a restore drill last proved the backup, and how the last one went.
+VERIFY_FIELDS = ["verified", "verify_status"]
 DEFINITION_ORDER_ALL = ["name", "disk_id", "hostname", "created"]
 DEFINITION_ORDER_VM = ["name", "disk_id", "created"]
 BACKUP_ORDER = ["name", "disk_id", "size", "time", "created"]
@@ -140,6 +142,9 @@ class Service:
     # -- definitions ----------------------------------------------------------------------------
     def definition_view(self, definition: dict, extended: bool) -> dict:
         view = {k: definition.get(k) for k in DEFINITION_FIELDS}
+        # Additive: when a drill last proved a backup of this definition restorable, and how long ago.
+        view["verified"] = definition.get("verified")
+        view["verified_age"] = int((now() - parse(view["verified"])).total_seconds()) if view["verified"] else None
         if extended:
             view["backups"] = sum(1 for b in self.store.backups(vm_uuid=definition["vm_uuid"])
                                   if b["define"] == definition["name"] and b["disk_id"] == definition["disk_id"])
@@ -285,7 +290,7 @@ class Service:
     # -- backups: reading -----------------------------------------------------------------------
     def backup_view(self, backup: dict, hostnames: dict | None = None) -> dict:
         """The API's backup object; `hostnames` caches the current hostname of each VM in a list."""
-        view = {k: backup.get(k) for k in BACKUP_FIELDS}
+        view = {k: backup.get(k) for k in BACKUP_FIELDS + VERIFY_FIELDS}
         if hostnames is None:
             hostnames = {}
         if backup["vm_uuid"] not in hostnames:
@@ -538,6 +543,42 @@ class Service:
         return dict(fields, task_id=task_id, kind=job.kind, playbook=job.playbook, status="PENDING",
                     username=user["username"] if user else "scheduler", user_id=user["id"] if user else 0,
                     started=iso(now()), result=None, node=extravars.get("node"), extravars=extravars)
+
+    # -- restore drills -------------------------------------------------------------------------
+    def verify_backup(self, user: dict, original: str, name: str, data: dict, automatic: bool = False) -> str:
+        """Start a restore drill of a backup into scratch space on its backup node (never the VM's disk)."""
+        self.require_admin(user)
+        backup = self.find_backup(user, original, name, data.get("disk_id"))
+        if backup["status"] != OK:
+            raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
+        self.check_node(backup["node"])
+        task_id = self.task_id(user, "a" if automatic else "e")
+        # Never while that disk has another job: a drill reads the source snapshot a backup may be replacing.
+        self.queue.claim([(backup["vm_uuid"], backup["disk_id"])], task_id)
+        vm = self.store.get_vm(backup["vm_uuid"])
+        extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
+                     "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
+                     "hostname": backup["hostname"]}
+        if vm:
+            extravars["compute_node"] = vm["node"]
+        if backup.get("verify_digest"):
+            extravars["expected_digest"] = backup["verify_digest"]
+        self.queue.submit(self._task(task_id, user, VerifyJob, extravars, vm_uuid=backup["vm_uuid"],
+                                     hostname=backup["hostname"], disk_id=backup["disk_id"], bkpname=backup["name"],
+                                     backup_key=[backup["vm_uuid"], backup["disk_id"], backup["name"]],
+                                     define=backup["define"], view="vm_backup_verify", method="PUT"))
+        return task_id
+
+    def drill_candidates(self) -> list[dict]:
+        """Per definition of a VM that exists: its newest OK backup (what a scheduled drill proves)."""
+        newest: dict[tuple, dict] = {}
+        current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions()}
+        for backup in self.store.backups():
+            key = (backup["vm_uuid"], backup["disk_id"], backup["define"])
+            if key in current and backup["status"] == OK and (
+                    key not in newest or (backup.get("created") or "") > (newest[key].get("created") or "")):
+                newest[key] = backup
+        return list(newest.values())
 
     # -- sync with the nodes --------------------------------------------------------------------
     def sync(self, user: dict | None, node: str | None = None) -> str:
