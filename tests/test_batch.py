@@ -185,11 +185,13 @@ def test_retention_in_a_batch_leaves_that_many_backups_and_what_is_protected(lab
     assert run.result["backups"][key(kept_one, 1, "daily-20261212_030000")]["pruned"] == ["daily-20261212_020000"]
 
 
-def test_a_batch_of_one_reports_what_a_single_backup_reports(lab, inventory):
+def test_a_batch_of_one_reports_what_a_single_backup_reports(lab, inventory, tmp_path):
     vm = fresh_vm(lab, "one")
-    single = Run("backup.yml", item(vm, "daily-20261213_010000"), inventory)
+    progress = tmp_path / "progress.json"  # top-level progress_file, as the API gives a single backup's item
+    single = Run("backup.yml", item(vm, "daily-20261213_010000", progress_file=str(progress)), inventory)
     batch = Run("backup.yml", {"backups": [item(vm, "daily-20261213_020000")]}, inventory)
     assert single.ok and batch.ok, (single, batch)
+    assert json.loads(progress.read_text())["bytes"] > 0
     assert set(batch.result) == set(single.result)
     record = batch.result["backups"][key(vm, 1, "daily-20261213_020000")]
     assert {k: batch.result[k] for k in record} == record

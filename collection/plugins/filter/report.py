@@ -133,6 +133,7 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
         values.update(given(raw))
         if "vmbackup_progress_file" in values:
             values.setdefault("progress_file", values.pop("vmbackup_progress_file"))
+        values.pop("vmbackup_progress_file", None)
         unknown = sorted(name for name in values if name not in options)
         checked = ArgumentSpecValidator(options).validate({k: v for k, v in values.items() if k in options})
         item.update(given(checked.validated_parameters if not checked.error_messages else values))
