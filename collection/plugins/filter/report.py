@@ -273,8 +273,8 @@ def batch_said(result: dict, check: bool = False) -> list[str]:
         elif one["target"]:
             how = ("a file backup" if one["type"] == 2 else "an incremental backup from @%s" % one["base"]
                    if one["incremental"] else "a full backup")
-            lines.append("%s%s %s to %s:%s as %s" % (would, "send" if check else "sent", one["source"], one["node"],
-                                                    one["target"], how))
+            verb = "send" if check else "sent"
+            lines.append("%s%s %s to %s:%s as %s" % (would, verb, one["source"], one["node"], one["target"], how))
             if one["kept_aside"]:
                 lines.append("%skeep the broken chain aside as %s" % (would, one["kept_aside"]))
             if check:
@@ -282,8 +282,8 @@ def batch_said(result: dict, check: bool = False) -> list[str]:
         else:
             lines.append("%s: not sent (the send step was skipped)" % one["name"])
         if one["ok"] and one["retention"]:
-            lines.append("retention %s: %s%s" % (one["retention"], would + "delete " if one["pruned"]
-                                                  else "nothing to delete", ", ".join(one["pruned"])))
+            deleted = would + "delete " if one["pruned"] else "nothing to delete"
+            lines.append("retention %s: %s%s" % (one["retention"], deleted, ", ".join(one["pruned"])))
         said += ["%s: %s" % (key, line) for line in lines] if several else lines
     return said
 
