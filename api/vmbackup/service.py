@@ -51,6 +51,10 @@ class Service:
         h = secrets.token_hex(10)
         return "%d%s%dd%d-%s-%s-%s-%s" % (user_id, kind, owner, self.dc_id, h[:8], h[8:12], h[12:16], h[16:20])
 
+    def data_version(self) -> int:
+        """Changes whenever a record changes (in this process or another): what cached answers key on."""
+        return self.store.generation()
+
     # -- permissions ----------------------------------------------------------------------------
     @staticmethod
     def require_admin(user: dict) -> None:

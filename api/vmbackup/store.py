@@ -297,6 +297,11 @@ class Store:
             self._vm_host.setdefault(vm_uuid, None)
         return self._vms.get(vm_uuid)
 
+    def generation(self) -> int:
+        """Changes with every write of any process to this data dir."""
+        with self.lock:
+            return self._seen_generation
+
     # -- nodes ----------------------------------------------------------------------------------
     def nodes(self) -> list[Doc]:
         with self.lock:
