@@ -25,7 +25,7 @@ def envelope(task_id: str, status: str, result, code: int) -> bottle.HTTPRespons
 
 class ListCache:
     """Encoded answers of the big listings, per (call, parameters, who asks), valid while the records are
-    unchanged (the store's generation) and for at most a second (definitions show ages)."""
+    unchanged (the store's generation) and for at most ten seconds (definitions show ages)."""
 
     def __init__(self, size: int = 64):
         self.size = size
@@ -257,7 +257,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
         query = params()
         who = "admin" if user.get("is_admin") else tuple(sorted(user.get("vms") or []))
         key = ("definitions", tuple(sorted(query.items())), who)
-        text = listings.get((service.data_version(), int(time.time())), key,
+        text = listings.get((service.data_version(), int(time.time() // 10)), key,
                             lambda: service.list_definitions(user, query))
         return envelope_of(service.task_id(user, "d"), text)
 
