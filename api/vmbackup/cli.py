@@ -14,6 +14,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 
 from vmbackup import lab as labmod
@@ -42,8 +43,21 @@ def serve_command(args: argparse.Namespace) -> int:
                  size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
                  schedule_interval=args.schedule_interval, body_limit=args.body_limit,
                  run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
-                 verify_every=args.verify_every_days * 86400)
+                 verify_every=args.verify_every_days * 86400, **engine_options(args))
     return 0
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """--engine and the AWX settings; the token from a file or VMBACKUP_AWX_TOKEN, never the command line."""
+    token = os.environ.get("VMBACKUP_AWX_TOKEN")
+    if args.awx_token_file:
+        with open(args.awx_token_file) as handle:
+            token = handle.read().strip()
+    templates = {}
+    for entry in args.awx_template:
+        playbook, _, template = entry.partition("=")
+        templates[playbook] = int(template) if template.isdigit() else template
+    return {"engine": args.engine, "awx_url": args.awx_url, "awx_token": token, "awx_templates": templates}
 
 
 def user_command(args: argparse.Namespace) -> int:
@@ -163,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--verify-every-days", type=float, default=server_defaults.DEFAULT_VERIFY_EVERY / 86400,
                        help="days between restore drills of each definition's newest backup, spread over that time; "
                             "0: no scheduled drills (default: %(default)s)")
+    serve.add_argument("--engine", choices=["local", "awx"], default="local",
+                       help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
+    serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")
+    serve.add_argument("--awx-token-file", help="file holding an AWX OAuth2 token (or env VMBACKUP_AWX_TOKEN)")
+    serve.add_argument("--awx-template", action="append", default=[], metavar="PLAYBOOK=TEMPLATE",
+                       help="the AWX job template (id or name) of a playbook, e.g. backup.yml=12; default: the names "
+                            "awx/job_templates.yml creates; repeat")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",

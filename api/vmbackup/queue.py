@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 
@@ -96,11 +95,13 @@ class JobQueue:
         task_id = task["task_id"]
         extravars = dict(task["extravars"], vmbackup_progress_file=self.runner.progress_file(task_id))
         try:
-            pid = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
-        except OSError as err:
+            handle = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
+        except (OSError, RuntimeError) as err:  # RuntimeError: the engine (AWX) refused
             self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
             return
-        self.store.update_task(task_id, {"pid": pid, "queued": False, "launched": iso(now())})
+        # The local runner answers with a pid, the AWX engine with {"awx_job": id}: both go on the task.
+        fields = handle if isinstance(handle, dict) else {"pid": handle}
+        self.store.update_task(task_id, dict(fields, queued=False, launched=iso(now())))
         current = self.store.get_task(task_id)
         if current is not None and current["status"] != "PENDING":
             self.runner.cancel(task_id)  # canceled while it was being started
@@ -156,8 +157,7 @@ class JobQueue:
                     self._waiting[task.get("node")].append(task["task_id"])
                     continue
                 self._running[task.get("node")].add(task["task_id"])
-            if not task.get("launched") and not os.path.exists(os.path.join(self.runner.data_dir(task["task_id"]),
-                                                                              "pid")):
+            if not task.get("launched") and not self.runner.started(task["task_id"]):
                 self._hand_over(task)  # recorded and answered, but the service stopped before it started
                 continue
             self.runner.reattach(task["task_id"], lambda run, t=task["task_id"]: self.finish(t, run))

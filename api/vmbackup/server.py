@@ -35,18 +35,30 @@ class Application:
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
                  size_limit: int | None = None, jobs_per_node: int | None = None,
                  body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY):
+                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
+                 engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
+                 awx_templates: dict | None = None):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
         self.stream_limit = stream_limit
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
-        self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
+        # Discovery always runs here (it asks the nodes for the service's own records); jobs run on the engine.
+        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
+        if engine == "awx":
+            if not awx_url or not awx_token:
+                raise RuntimeError("--engine awx needs --awx-url and a token (--awx-token-file or VMBACKUP_AWX_TOKEN)")
+            from vmbackup.awx import AwxEngine
+            self.runner = AwxEngine(awx_url, awx_token, os.path.join(self.data_dir, "runs"), awx_templates)
+        elif engine == "local":
+            self.runner = self.local_runner
+        else:
+            raise RuntimeError("--engine: local or awx, not %r" % engine)
         self.auth = Auth(self.store)
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node)
         self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
-        self.discovery = Discovery(self.store, self.runner, self.inventory)
+        self.discovery = Discovery(self.store, self.local_runner, self.inventory)
         self._stop = threading.Event()
 
     def wsgi(self):
@@ -205,12 +217,13 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           threads: int = 8, size_limit: int | None = None, schedule: bool = True,
           jobs_per_node: int | None = None, schedule_interval: float = 5.0,
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY) -> None:
+          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
+          **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
-                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every)
+                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every, **engine)
     app.scheduler.interval = schedule_interval
     app.start_background(discover_every, schedule)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)

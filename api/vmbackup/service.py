@@ -27,7 +27,8 @@ VERIFY_FIELDS = ["verified", "verify_status"]
 DEFINITION_ORDER_ALL = ["name", "disk_id", "hostname", "created"]
 DEFINITION_ORDER_VM = ["name", "disk_id", "created"]
 BACKUP_ORDER = ["name", "disk_id", "size", "time", "created"]
-TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued")
+TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued",
+             "awx_job")
 SCHEDULER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
 
 
