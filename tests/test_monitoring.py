@@ -303,3 +303,29 @@ def test_a_receiver_that_fails_gets_the_alert_again_with_back_off(tmp_path):
     finally:
         webhooks.stop()
         hook.close()
+
+
+# -- the rules of check and metrics on their own ----------------------------------------------------
+def test_lateness_counts_in_the_schedules_own_intervals():
+    from vmbackup.check import lateness
+    utc = datetime.timezone.utc
+    friday = datetime.datetime(2026, 11, 27, 4, 0, 5, tzinfo=utc)  # a weekdays-only backup, made on time
+    monday_early = datetime.datetime(2026, 11, 30, 3, 0, tzinfo=utc)
+    interval, intervals = lateness("0 4 * * 1-5", friday, monday_early)
+    assert interval == 86400 and intervals < 1  # not late over the weekend
+    wednesday = datetime.datetime(2026, 12, 2, 5, 0, tzinfo=utc)  # Monday's and Tuesday's, Wednesday's missed
+    assert 3 < lateness("0 4 * * 1-5", friday, wednesday)[1] < 3.1
+    minute = datetime.datetime(2026, 12, 1, 12, 0, 30, tzinfo=utc)
+    assert lateness("* * * * *", minute, minute + datetime.timedelta(minutes=5))[1] == pytest.approx(5.5)
+
+
+def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make():
+    from vmbackup.metrics import failed_items
+    items = [{"vm_uuid": "u", "disk_id": n, "define": "daily", "bkpname": "daily-%d" % n, "hostname": "h"}
+             for n in (1, 2)]
+    partly = {"kind": "backup", "status": "SUCCESS", "items": items,
+              "result": {"detail": "made=1, failed=1; name=daily-1, disk_id=1; daily-2: dataset does not exist"}}
+    assert failed_items(partly) == [("u", 2, "daily")]
+    assert failed_items(dict(partly, status="FAILURE")) == [("u", 1, "daily"), ("u", 2, "daily")]
+    assert failed_items(dict(partly, status="PENDING")) == []
+    assert failed_items({"kind": "a kind of a newer version", "status": "FAILURE"}) == []

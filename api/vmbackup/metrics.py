@@ -27,7 +27,10 @@ Visible = Callable[[str], bool]  # vm uuid -> may the reader see its series
 
 def failed_items(task: dict) -> list[tuple]:
     """(vm uuid, disk_id, definition) of each backup that an ended backup job did not make."""
-    job = for_task(task)
+    try:
+        job = for_task(task)
+    except KeyError:  # a kind this version does not know (a newer one wrote it): not a backup
+        return []
     if not isinstance(job, BackupJob) or task.get("status") in (None, "PENDING"):
         return []
     items = job.items(task)
