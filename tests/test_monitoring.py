@@ -235,6 +235,8 @@ def test_check_without_a_data_dir_is_unknown(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 3 and proc.stdout.startswith("VMBACKUP UNKNOWN - ")
     assert not (tmp_path / "none").exists()
+    bad = subprocess.run([os.path.join(BIN, "vmbackup"), "check", "--warn", "soon"], capture_output=True, text=True)
+    assert bad.returncode == 3 and bad.stdout.startswith("VMBACKUP UNKNOWN - ")
 
 
 # -- webhooks ---------------------------------------------------------------------------------------

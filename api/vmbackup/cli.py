@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     checker.add_argument("--definition", help="only definitions of this name")
     checker.set_defaults(func=check_command)
 
+    def unknown(message: str) -> None:  # a bad option is UNKNOWN (3) to a monitor, not argparse's 2 (CRITICAL)
+        print("VMBACKUP UNKNOWN - %s" % message)
+        sys.exit(3)
+
+    checker.error = unknown
+
     discover = sub.add_parser("discover", help="ask the nodes for their pools and VMs now")
     service_options(discover)
     discover.set_defaults(func=discover_command)
