@@ -167,8 +167,9 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
     return response
 
 
-def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bottle.Bottle:
-    """The WSGI application, every route under /api/ with and without a trailing slash."""
+def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metrics=None) -> bottle.Bottle:
+    """The WSGI application, every route under /api/ with and without a trailing slash; `metrics` (a
+    vmbackup.metrics.Metrics) adds GET /api/metrics."""
     app = bottle.Bottle(autojson=False, catchall=True)
     app.config["vmbackup.service"] = service
 
@@ -338,6 +339,14 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
     route("/api/task/<task_id>/status", "GET", task_status)
     route("/api/task/<task_id>/done", "GET", task_done)
     route("/api/task/<task_id>/cancel", "PUT", task_cancel)
+
+    def get_metrics(user):
+        response = bottle.HTTPResponse(metrics.render(user), status=200)
+        response.content_type = metrics.content_type
+        return response
+
+    if metrics is not None:
+        route("/api/metrics", "GET", get_metrics)
 
     @app.route("/api/openapi.json", "GET")
     def openapi():

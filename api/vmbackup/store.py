@@ -521,6 +521,11 @@ class Store:
         with self.lock:
             return [t for t in (self.get_task(i) for i in sorted(self._pending)) if t]
 
+    def tasks(self) -> list[Doc]:
+        """Every task record of every day (copies), for the metrics."""
+        with self.lock:
+            return [task for db in self._days.values() for task in docs(db, "tasks")]
+
     def log(self, entry: Doc) -> None:
         """Append to the task log of finished (or refused) jobs."""
         with self.lock:
