@@ -138,6 +138,27 @@ def test_a_record_with_a_payload_hostname_backs_up_and_a_scheduled_batch_too(lab
     wait_task(service, started[0])
 
 
+def test_a_job_answered_but_not_started_before_a_crash_runs_after_the_restart(lab, tmp_path):
+    """The 201 comes once the task is recorded; the run starts after. A service that dies in between
+    (here: its launcher never gets the task) leaves a task that the next service starts."""
+    data = str(tmp_path / "data")
+    first = service_for(lab, data)
+    vm = make_vm(lab, "crash")
+    seed(first.store, lab, vm)
+    first.store.save_definition({"hostname": vm.hostname, "vm_uuid": vm.uuid, "name": "daily", "disk_id": 1,
+                                 "type": 1, "node": "tb", "zpool": lab.backup_pool, "schedule": "0 4 * * *",
+                                 "retention": 0, "active": True, "compression": 0, "bwlimit": None, "desc": "",
+                                 "fsfreeze": False, "created": "2026-01-01T00:00:00.000Z"})
+    first.queue._hand_over = lambda task: None  # the process dies right after answering
+    task_id = first.create_backup({"id": 1, "username": "admin", "is_admin": True}, vm.uuid, "daily", {})
+    assert first.store.get_task(task_id)["status"] == "PENDING" and not first.runner.running(task_id)
+    second = Service(Store(data), Runner(os.path.join(data, "runs"), os.path.join(data, "hosts.yml")))
+    assert second.recover() == 1
+    task = wait_task(second, task_id)
+    assert task["status"] == "SUCCESS", task["result"]
+    assert [b["status"] for b in second.store.backups(vm_uuid=vm.uuid)] == [1]
+
+
 def test_discovery_skips_a_vm_whose_report_fails_a_check(lab, tmp_path, canaries):
     env = new_env(lab)
     good = make_vm(lab, "okvm")

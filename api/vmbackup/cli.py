@@ -4,6 +4,7 @@
   vmbackup serve                        the REST API
   vmbackup user add NAME [--admin]      a user (password on stdin)
   vmbackup discover                     ask the nodes for pools and VMs
+  vmbackup check [--vm HOST]            Nagios-style: are the backups as fresh as their schedules say
   vmbackup login -username NAME         then: vmbackup get /vm/<host>/backup -full
   vmbackup get|create|set|delete /PATH [-param value ...] [--wait] [--table] [--url URL]
 """
@@ -14,6 +15,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 
 from vmbackup import lab as labmod
@@ -42,8 +44,46 @@ def serve_command(args: argparse.Namespace) -> int:
                  size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
                  schedule_interval=args.schedule_interval, body_limit=args.body_limit,
                  run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
-                 verify_every=args.verify_every_days * 86400)
+                 verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
+                 webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
+                 **engine_options(args))
     return 0
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """--engine and the AWX settings; the token from a file or VMBACKUP_AWX_TOKEN, never the command line."""
+    token = os.environ.get("VMBACKUP_AWX_TOKEN")
+    if args.awx_token_file:
+        with open(args.awx_token_file) as handle:
+            token = handle.read().strip()
+    templates = {}
+    for entry in args.awx_template:
+        playbook, _, template = entry.partition("=")
+        templates[playbook] = int(template) if template.isdigit() else template
+    return {"engine": args.engine, "awx_url": args.awx_url, "awx_token": token, "awx_templates": templates}
+
+
+def webhook_secret(args: argparse.Namespace) -> bytes | None:
+    """The webhooks' shared secret: from --webhook-secret-file (one line), else VMBACKUP_WEBHOOK_SECRET."""
+    if args.webhook_secret_file:
+        try:
+            with open(args.webhook_secret_file, "rb") as handle:
+                return handle.read().strip() or None
+        except OSError as err:
+            raise RuntimeError("cannot read the webhook secret: %s" % err) from None
+    secret = os.environ.get("VMBACKUP_WEBHOOK_SECRET", "").strip()
+    return secret.encode() or None
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from vmbackup import check
+    thresholds = check.Thresholds(args.warn, args.crit, args.verify_warn_days, args.verify_crit_days)
+    if not 0 < thresholds.warn <= thresholds.crit:
+        print("VMBACKUP UNKNOWN - want 0 < --warn <= --crit")
+        return check.UNKNOWN
+    state, line = check.run(args.data_dir, thresholds, args.vm, args.definition)
+    print(line)
+    return state
 
 
 def user_command(args: argparse.Namespace) -> int:
@@ -163,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--verify-every-days", type=float, default=server_defaults.DEFAULT_VERIFY_EVERY / 86400,
                        help="days between restore drills of each definition's newest backup, spread over that time; "
                             "0: no scheduled drills (default: %(default)s)")
+    serve.add_argument("--engine", choices=["local", "awx"], default="local",
+                       help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
+    serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")
+    serve.add_argument("--awx-token-file", help="file holding an AWX OAuth2 token (or env VMBACKUP_AWX_TOKEN)")
+    serve.add_argument("--awx-template", action="append", default=[], metavar="PLAYBOOK=TEMPLATE",
+                       help="the AWX job template (id or name) of a playbook, e.g. backup.yml=12; default: the names "
+                            "awx/job_templates.yml creates; repeat")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="also serve /metrics without authentication here, for a Prometheus scraper "
+                            "(HOST defaults to 127.0.0.1; GET /api/metrics needs an admin login)")
+    serve.add_argument("--webhook", action="append", default=[], metavar="URL",
+                       help="POST alerts (failed job, LOST backups, failed drill, stale definition) here; repeat")
+    serve.add_argument("--webhook-secret-file", metavar="FILE",
+                       help="the shared secret the alerts are signed with (default: env VMBACKUP_WEBHOOK_SECRET)")
+    serve.add_argument("--stale-check-every", type=float, default=server_defaults.DEFAULT_STALE_EVERY,
+                       help="seconds between checks for stale definitions, for the webhooks (default: %(default)s)")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",
@@ -173,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--vm", action="append", default=[], help="a VM (hostname or uuid) this user owns; repeat")
     service_options(user)
     user.set_defaults(func=user_command)
+
+    checker = sub.add_parser(
+        "check", help="Nagios/Icinga check: backups (and restore drills) as fresh as their schedules say",
+        description="Read the data dir and rate every active definition by the age of its newest good backup "
+                    "in intervals of its own schedule (a definition without backups counts from its creation). "
+                    "Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; one status line with perfdata.")
+    checker.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                         help="the service's records (default: %(default)s; env VMBACKUP_DATA_DIR)")
+    checker.add_argument("--warn", type=float, default=1.5, help="WARNING past this many intervals (%(default)s)")
+    checker.add_argument("--crit", type=float, default=3.0, help="CRITICAL past this many intervals (%(default)s)")
+    checker.add_argument("--verify-warn-days", type=float, help="WARNING when no restore drill passed in this many "
+                         "days (off by default; a failed last drill is then CRITICAL)")
+    checker.add_argument("--verify-crit-days", type=float, help="CRITICAL when no restore drill passed in this "
+                         "many days (off by default)")
+    checker.add_argument("--vm", help="only this VM (hostname or uuid)")
+    checker.add_argument("--definition", help="only definitions of this name")
+    checker.set_defaults(func=check_command)
+
+    def unknown(message: str) -> None:  # a bad option is UNKNOWN (3) to a monitor, not argparse's 2 (CRITICAL)
+        print("VMBACKUP UNKNOWN - %s" % message)
+        sys.exit(3)
+
+    checker.error = unknown
 
     discover = sub.add_parser("discover", help="ask the nodes for their pools and VMs now")
     service_options(discover)

@@ -82,6 +82,8 @@ ROUTES = [
      {200: "done", 403: "Forbidden", 404: "Task not found"}),
     ("/task/{task_id}/cancel", "put", "Cancel a running job", [TASK],
      {200: "SUCCESS", 403: "Forbidden", 404: "Task not found", 406: "Task cannot be canceled"}),
+    ("/metrics", "get", "Metrics for Prometheus (an owner gets its own VMs' series only)", [],
+     {200: "Prometheus text exposition format", 403: "Forbidden"}),
 ]
 
 ENVELOPE = {"type": "object", "properties": {"task_id": {"type": S}, "status": {"type": S,
@@ -91,8 +93,11 @@ LOGIN = {"type": "object", "properties": {"token": {"type": S}, "expires": {"typ
          "required": ["token", "expires", "detail"]}
 DONE = {"type": "object", "properties": {"task_id": {"type": S}, "done": {"type": B}}, "required": ["task_id", "done"]}
 # Responses that are not the task envelope: refusals ({"detail"}), and a few routes of their own.
-SHAPES = {("/accounts/login", 200): LOGIN, ("/accounts/login", 400): DETAIL, ("/accounts/logout", 200): DETAIL,
+TEXT = {"type": S}
+SHAPES = {("/metrics", 200): TEXT,
+          ("/accounts/login", 200): LOGIN, ("/accounts/login", 400): DETAIL, ("/accounts/logout", 200): DETAIL,
           ("/task/{task_id}/done", 200): DONE}
+MEDIA = {("/metrics", 200): "text/plain"}  # every other answer is JSON
 REFUSALS = (403, 404, 406, 409, 412, 413, 417, 423, 428, 429)
 
 
@@ -117,7 +122,8 @@ def _operation(path: str, method: str, summary: str, params: list, responses: di
             "type": "object", "properties": body}}}}
     for code, desc in responses.items():
         shape = SHAPES.get((path, code)) or (DETAIL if code in REFUSALS else ENVELOPE)
-        op["responses"][str(code)] = {"description": desc, "content": {"application/json": {"schema": shape}}}
+        media = MEDIA.get((path, code), "application/json")
+        op["responses"][str(code)] = {"description": desc, "content": {media: {"schema": shape}}}
     return op
 
 

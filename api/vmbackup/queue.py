@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 
 from vmbackup import errors, jobs
@@ -32,6 +33,11 @@ class JobQueue:
         self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
         self._waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._lock = threading.RLock()
+        # Runs are started by a thread of their own: a request returns as soon as its task is recorded
+        # (the task, with its playbook and extra vars, is on disk first, so a restart launches it).
+        self._launches: queue.Queue = queue.Queue()
+        self._starting: set[str] = set()  # handed to the launcher, not started yet (they count as running)
+        threading.Thread(target=self._launcher, daemon=True, name="launcher").start()
 
     # -- claims ---------------------------------------------------------------------------------
     def busy(self, disk: Disk) -> str | None:
@@ -65,22 +71,45 @@ class JobQueue:
                 self._waiting[node].append(task["task_id"])
                 return
             self._running[node].add(task["task_id"])
-        self._launch(task)
+        self._hand_over(task)
+
+    def _hand_over(self, task: dict) -> None:
+        with self._lock:
+            self._starting.add(task["task_id"])
+        self._launches.put(task["task_id"])
+
+    def _launcher(self) -> None:
+        while True:
+            task_id = self._launches.get()
+            try:
+                task = self.store.get_task(task_id)
+                if task is not None and task["status"] == "PENDING":  # not canceled meanwhile
+                    self._launch(task)
+            except Exception:  # one bad launch must not stop the others
+                log.exception("launching %s failed", task_id)
+            finally:
+                with self._lock:
+                    self._starting.discard(task_id)
 
     def _launch(self, task: dict) -> None:
         task_id = task["task_id"]
         extravars = dict(task["extravars"], vmbackup_progress_file=self.runner.progress_file(task_id))
         try:
-            pid = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
-        except OSError as err:
+            handle = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
+        except (OSError, RuntimeError) as err:  # RuntimeError: the engine (AWX) refused
             self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
             return
-        self.store.update_task(task_id, {"pid": pid, "queued": False, "launched": iso(now())})
+        # The local runner answers with a pid, the AWX engine with {"awx_job": id}: both go on the task.
+        fields = handle if isinstance(handle, dict) else {"pid": handle}
+        self.store.update_task(task_id, dict(fields, queued=False, launched=iso(now())))
+        current = self.store.get_task(task_id)
+        if current is not None and current["status"] != "PENDING":
+            self.runner.cancel(task_id)  # canceled while it was being started
 
     def _next(self, node: str | None) -> None:
         """A job on `node` ended: start the next waiting one there, if any."""
         with self._lock:
-            self._running[node] = {t for t in self._running[node] if self.runner.running(t)}
+            self._running[node] = {t for t in self._running[node] if t in self._starting or self.runner.running(t)}
             if not self._waiting[node] or (self.jobs_per_node is not None
                                            and len(self._running[node]) >= self.jobs_per_node):
                 return
@@ -88,7 +117,7 @@ class JobQueue:
             self._running[node].add(task_id)
         task = self.store.get_task(task_id)
         if task and task["status"] == "PENDING":
-            self._launch(task)
+            self._hand_over(task)
 
     def finish(self, task_id: str, run: RunResult) -> None:
         """Apply a finished run to the records, end its task and log it."""
@@ -128,6 +157,9 @@ class JobQueue:
                     self._waiting[task.get("node")].append(task["task_id"])
                     continue
                 self._running[task.get("node")].add(task["task_id"])
+            if not task.get("launched") and not self.runner.started(task["task_id"]):
+                self._hand_over(task)  # recorded and answered, but the service stopped before it started
+                continue
             self.runner.reattach(task["task_id"], lambda run, t=task["task_id"]: self.finish(t, run))
         return len(pending)
 
@@ -136,8 +168,9 @@ class JobQueue:
         task_id = task["task_id"]
         with self._lock:
             waiting = self._waiting[task.get("node")]
-            if task_id in waiting:
-                waiting.remove(task_id)
+            if task_id in waiting or task_id in self._starting:
+                if task_id in waiting:
+                    waiting.remove(task_id)
                 self.finish(task_id, RunResult("canceled", None, {}, "canceled before it started"))
                 return
         if not self.runner.cancel(task_id):

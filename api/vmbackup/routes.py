@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,37 @@ log = logging.getLogger("vmbackup.api")
 
 def envelope(task_id: str, status: str, result, code: int) -> bottle.HTTPResponse:
     return _json({"task_id": task_id, "status": status, "result": result}, code, {"es_task_id": task_id})
+
+
+class ListCache:
+    """Encoded answers of the big listings, per (call, parameters, who asks), valid while the records are
+    unchanged (the store's generation) and for at most ten seconds (definitions show ages)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._entries: dict[tuple, str] = {}
+        self._version = None
+        self._lock = threading.Lock()
+
+    def get(self, version, key: tuple, compute: Callable[[], object]) -> str:
+        with self._lock:
+            if version != self._version:
+                self._entries, self._version = {}, version
+            if key in self._entries:
+                return self._entries[key]
+        text = json.dumps(compute())
+        with self._lock:
+            if version == self._version and len(self._entries) < self.size:
+                self._entries[key] = text
+        return text
+
+
+def envelope_of(task_id: str, result_json: str, code: int = 200) -> bottle.HTTPResponse:
+    """A SUCCESS envelope around a result that is JSON already."""
+    body = '{"task_id": %s, "status": "SUCCESS", "result": %s}' % (json.dumps(task_id), result_json)
+    response = bottle.HTTPResponse(body, status=code, headers={"es_task_id": task_id})
+    response.content_type = JSON
+    return response
 
 
 def _json(body, code: int, headers: dict | None = None) -> bottle.HTTPResponse:
@@ -135,8 +167,9 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
     return response
 
 
-def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bottle.Bottle:
-    """The WSGI application, every route under /api/ with and without a trailing slash."""
+def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metrics=None) -> bottle.Bottle:
+    """The WSGI application, every route under /api/ with and without a trailing slash; `metrics` (a
+    vmbackup.metrics.Metrics) adds GET /api/metrics."""
     app = bottle.Bottle(autojson=False, catchall=True)
     app.config["vmbackup.service"] = service
 
@@ -219,7 +252,17 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
     route("/api/accounts/logout", "GET", logout)
 
     # -- definitions --------------------------------------------------------------------------------
-    route("/api/vm/define/backup", "GET", lambda user: sync(user, service.list_definitions(user, params())))
+    listings = ListCache()
+
+    def all_definitions(user):
+        query = params()
+        who = "admin" if user.get("is_admin") else tuple(sorted(user.get("vms") or []))
+        key = ("definitions", tuple(sorted(query.items())), who)
+        text = listings.get((service.data_version(), int(time.time() // 10)), key,
+                            lambda: service.list_definitions(user, query))
+        return envelope_of(service.task_id(user, "d"), text)
+
+    route("/api/vm/define/backup", "GET", all_definitions)
     route("/api/vm/<vm>/define/backup", "GET",
           lambda user, vm: sync(user, service.list_definitions(user, params(), vm)))
     route("/api/vm/<vm>/define/backup/<name>", "GET",
@@ -296,6 +339,14 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
     route("/api/task/<task_id>/status", "GET", task_status)
     route("/api/task/<task_id>/done", "GET", task_done)
     route("/api/task/<task_id>/cancel", "PUT", task_cancel)
+
+    def get_metrics(user):
+        response = bottle.HTTPResponse(metrics.render(user), status=200)
+        response.content_type = metrics.content_type
+        return response
+
+    if metrics is not None:
+        route("/api/metrics", "GET", get_metrics)
 
     @app.route("/api/openapi.json", "GET")
     def openapi():

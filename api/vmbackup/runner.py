@@ -108,6 +108,10 @@ class Runner:
         threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()
         return proc.pid
 
+    def started(self, ident: str) -> bool:
+        """Whether a run was started for `ident` (its pid file exists)."""
+        return os.path.exists(os.path.join(self.data_dir(ident), "pid"))
+
     def reattach(self, ident: str, on_done: Callable[[RunResult], None]) -> None:
         """Follow a run started by an earlier service process (it may have ended meanwhile)."""
         threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()

@@ -110,12 +110,14 @@ class Scheduler:
 
     def drill_due(self, definition: dict, when: datetime.datetime) -> bool:
         """A definition's newest backup is drilled every `verify_every` seconds; the first drill of each
-        definition is offset by a stable share of the interval, so that drills do not all start at once."""
+        definition comes half an interval after it was created plus a stable share of the other half, so that
+        drills do not all start at once (nor right after a definition is made)."""
         last = parse(definition.get("last_drill"))
         if last is not None:
             return (when - last).total_seconds() >= self.verify_every
         key = "%s:%s:%s" % (definition["vm_uuid"], definition["disk_id"], definition["name"])
-        offset = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % max(1, int(self.verify_every))
+        half = max(1, int(self.verify_every / 2))
+        offset = half + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % half
         start = parse(definition.get("created")) or when
         return (when - start).total_seconds() >= offset
 

@@ -9,9 +9,11 @@ import threading
 import time
 
 from vmbackup import errors, paths
+from vmbackup.alerts import Alerts, Webhooks
 from vmbackup.auth import Auth
 from vmbackup.clock import iso, now
 from vmbackup.discovery import Discovery
+from vmbackup.metrics import Metrics
 from vmbackup.routes import build_app, es_header_names, utf8_only
 from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
@@ -27,6 +29,7 @@ DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
 DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
 DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
+DEFAULT_STALE_EVERY = 300.0           # seconds between checks for definitions gone stale (webhooks)
 
 
 class Application:
@@ -35,22 +38,40 @@ class Application:
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
                  size_limit: int | None = None, jobs_per_node: int | None = None,
                  body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY):
+                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
+                 engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
+                 awx_templates: dict | None = None, webhooks: list[str] | None = None,
+                 webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
         self.stream_limit = stream_limit
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
-        self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
+        # Discovery always runs here (it asks the nodes for the service's own records); jobs run on the engine.
+        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
+        if engine == "awx":
+            if not awx_url or not awx_token:
+                raise RuntimeError("--engine awx needs --awx-url and a token (--awx-token-file or VMBACKUP_AWX_TOKEN)")
+            from vmbackup.awx import AwxEngine
+            self.runner = AwxEngine(awx_url, awx_token, os.path.join(self.data_dir, "runs"), awx_templates)
+        elif engine == "local":
+            self.runner = self.local_runner
+        else:
+            raise RuntimeError("--engine: local or awx, not %r" % engine)
         self.auth = Auth(self.store)
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node)
         self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
-        self.discovery = Discovery(self.store, self.runner, self.inventory)
+        self.discovery = Discovery(self.store, self.local_runner, self.inventory)
+        self.metrics = Metrics(self.service, self.scheduler)
+        self.alerts = None
+        if webhooks:
+            self.alerts = Alerts(self.store, Webhooks(webhooks, webhook_secret or b""), stale_every=stale_every)
+            self.service.events.subscribe(self.alerts.listen)
         self._stop = threading.Event()
 
     def wsgi(self):
-        app = build_app(self.service, self.auth, stream_limit=self.stream_limit)
+        app = build_app(self.service, self.auth, stream_limit=self.stream_limit, metrics=self.metrics)
         return limit_body(utf8_only(es_header_names(app)), self.body_limit)
 
     def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800) -> dict:
@@ -125,6 +146,8 @@ class Application:
         return summary
 
     def start_background(self, discover_every: float | None, schedule: bool = True) -> None:
+        if self.alerts is not None:
+            self.alerts.start()  # before recovery: jobs that ended while we were down alert too
         recovered = self.service.recover()
         if recovered:
             log.info("following %d job(s) left by an earlier run", recovered)
@@ -158,6 +181,15 @@ class Application:
     def stop(self) -> None:
         self._stop.set()
         self.scheduler.stop()
+        if self.alerts is not None:
+            self.alerts.stop()
+
+    def serve_metrics(self, listen: str) -> None:
+        """Metrics without authentication on a listen address of their own, for a scraper (all series)."""
+        from prometheus_client import start_http_server
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry(None))
+        log.info("metrics for Prometheus on http://%s:%s/metrics (no authentication)", host or "127.0.0.1", port)
 
 
 def limit_body(app, limit: int):
@@ -205,13 +237,21 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           threads: int = 8, size_limit: int | None = None, schedule: bool = True,
           jobs_per_node: int | None = None, schedule_interval: float = 5.0,
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY) -> None:
+          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
+          metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
+          stale_every: float = DEFAULT_STALE_EVERY, **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
+    if webhooks and not webhook_secret:
+        raise RuntimeError("--webhook needs a secret to sign with: --webhook-secret-file FILE or "
+                           "VMBACKUP_WEBHOOK_SECRET")
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
-                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every)
+                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
+                      webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, **engine)
     app.scheduler.interval = schedule_interval
+    if metrics_listen:
+        app.serve_metrics(metrics_listen)
     app.start_background(discover_every, schedule)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)
     # waitress answers a declared or chunked body over its limit with 413 while reading the headers or

@@ -27,7 +27,8 @@ VERIFY_FIELDS = ["verified", "verify_status"]
 DEFINITION_ORDER_ALL = ["name", "disk_id", "hostname", "created"]
 DEFINITION_ORDER_VM = ["name", "disk_id", "created"]
 BACKUP_ORDER = ["name", "disk_id", "size", "time", "created"]
-TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued")
+TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued",
+             "awx_job")
 SCHEDULER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
 
 
@@ -50,6 +51,10 @@ class Service:
         owner = owner_id if owner_id is not None else user_id
         h = secrets.token_hex(10)
         return "%d%s%dd%d-%s-%s-%s-%s" % (user_id, kind, owner, self.dc_id, h[:8], h[8:12], h[12:16], h[16:20])
+
+    def data_version(self) -> int:
+        """Changes whenever a record changes (in this process or another): what cached answers key on."""
+        return self.store.generation()
 
     # -- permissions ----------------------------------------------------------------------------
     @staticmethod

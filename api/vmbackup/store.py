@@ -297,6 +297,11 @@ class Store:
             self._vm_host.setdefault(vm_uuid, None)
         return self._vms.get(vm_uuid)
 
+    def generation(self) -> int:
+        """Changes with every write of any process to this data dir."""
+        with self.lock:
+            return self._seen_generation
+
     # -- nodes ----------------------------------------------------------------------------------
     def nodes(self) -> list[Doc]:
         with self.lock:
@@ -515,6 +520,11 @@ class Store:
     def pending_tasks(self) -> list[Doc]:
         with self.lock:
             return [t for t in (self.get_task(i) for i in sorted(self._pending)) if t]
+
+    def tasks(self) -> list[Doc]:
+        """Every task record of every day (copies), for the metrics."""
+        with self.lock:
+            return [task for db in self._days.values() for task in docs(db, "tasks")]
 
     def log(self, entry: Doc) -> None:
         """Append to the task log of finished (or refused) jobs."""

@@ -1,0 +1,81 @@
+"""The awx execution engine: jobs launched as AWX job templates through AWX's REST API (against a
+stand-in that speaks AWX's formats and runs the playbooks for real: tests/fixtures/awx_standin.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+from ansible_run import ENV
+from api_env import ADMIN, make_vm, new_env, seed
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
+from awx_standin import StandIn  # noqa: E402
+
+from vmbackup.store import Store  # noqa: E402
+
+
+def awx_env(lab, token_file_text: str):
+    env = new_env(lab)
+    standin = StandIn("s3cret-awx-token", env.inventory, ENV)
+    token_file = os.path.join(env.data_dir, "awx-token")
+    with open(token_file, "w") as handle:
+        handle.write(token_file_text)
+    store = Store(env.data_dir)
+    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
+                       "pools": {lab.compute_pool: {"free": 10**10}}})
+    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
+                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    env.vms = {"a": make_vm(lab, "awx")}
+    seed(store, lab, env.vms["a"])
+    del store
+    env.add_user(*ADMIN, admin=True)
+    env.serve_args = ["--no-discover", "--no-scheduler", "--engine", "awx", "--awx-url", standin.url,
+                      "--awx-token-file", token_file]
+    env.start()
+    return env, standin
+
+
+@pytest.fixture
+def awx(lab):
+    env, standin = awx_env(lab, "s3cret-awx-token\n")
+    yield env, standin
+    env.stop()
+    standin.stop()
+    shutil.rmtree(env.data_dir, ignore_errors=True)
+
+
+def test_a_backup_runs_as_an_awx_job(awx):
+    env, standin = awx
+    client, vm = env.client(), env.vms["a"]
+    assert client.post("vm/%s/define/backup/awx" % vm.hostname, node="tb", zpool=env.lab.backup_pool,
+                       schedule="0 4 * * *", retention=3).status == 201
+    started = client.post("vm/%s/backup/awx" % vm.hostname)
+    assert started.status == 201 and started.task_id.count("-") == 4  # the original's task id format
+    done = env.wait(client, started.task_id)
+    assert done["code"] == 200 and done["result"]["message"] == "Backup successfully created", done
+    info = client.get("task/%s" % started.task_id).result
+    assert info["awx_job"] in standin.jobs and standin.jobs[info["awx_job"]]["status"] == "successful"
+    launch = standin.launches[-1]
+    assert standin.templates[launch["template"]]["playbook"] == "playbooks/backup.yml"
+    assert launch["extra_vars"]["vm_uuid"] == vm.uuid and "vmbackup_progress_file" not in launch["extra_vars"]
+    backups = client.get("vm/%s/backup" % vm.hostname, define="awx", full=True).result
+    assert [b["status"] for b in backups] == [1] and backups[0]["size"] > 0
+
+
+def test_a_refused_launch_fails_the_task_with_awxs_reason(lab):
+    env, standin = awx_env(lab, "not-the-token\n")
+    try:
+        client, vm = env.client(), env.vms["a"]
+        assert client.post("vm/%s/define/backup/awxbad" % vm.hostname, node="tb", zpool=env.lab.backup_pool,
+                           schedule="0 4 * * *", retention=3).status == 201
+        started = client.post("vm/%s/backup/awxbad" % vm.hostname)
+        done = env.wait(client, started.task_id, timeout=60)
+        assert done["code"] == 400 and "AWX" in done["result"]["detail"], done
+        assert client.get("vm/%s/backup" % vm.hostname, define="awxbad").result == []  # nothing half-made
+    finally:
+        env.stop()
+        standin.stop()
+        shutil.rmtree(env.data_dir, ignore_errors=True)
