@@ -87,8 +87,13 @@ class Scheduler:
         Definitions due together go to their backup node in one batch run (Ansible starts once).
         """
         when = when or now()
-        if self.verify_every:
-            self.drills(when)
+        try:
+            return self._backups(when)
+        finally:
+            if self.verify_every:  # after the backups: a drill waits for a disk that has a backup to make
+                self.drills(when)
+
+    def _backups(self, when: datetime.datetime) -> list[str]:
         due = []
         for definition in self.store.definitions():
             if definition.get("active") and self.next_due(definition) <= when:

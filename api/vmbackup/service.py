@@ -52,6 +52,15 @@ class Service:
         h = secrets.token_hex(10)
         return "%d%s%dd%d-%s-%s-%s-%s" % (user_id, kind, owner, self.dc_id, h[:8], h[8:12], h[12:16], h[16:20])
 
+    @property
+    def jobs_per_node(self) -> int | None:
+        """How many jobs run at once per backup node (None: no limit); the queue keeps the others waiting."""
+        return self.queue.jobs_per_node
+
+    @jobs_per_node.setter
+    def jobs_per_node(self, value: int | None) -> None:
+        self.queue.jobs_per_node = value
+
     def data_version(self) -> int:
         """Changes whenever a record changes (in this process or another): what cached answers key on."""
         return self.store.generation()
