@@ -86,7 +86,9 @@ options:
       - After a successful dataset backup, destroy the older vmbackup snapshots on the source that were
         sent to this same target (I(target_id)); the one just sent stays as the base of the next
         incremental. After a file backup (a full stream, the base of nothing), destroy the snapshot sent.
-        Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
+      - Also destroy older snapshots of the same I(definition) that were sent nowhere: a run that failed
+        while the compute node was unreachable could not drop its snapshot then.
+      - Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
     type: bool
     default: false
   progress_file:
@@ -214,6 +216,7 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
     ZfsError,
     check_host,
     check_names,
+    dataset_exists,
     node_argument_spec,
     ssh_target_from_params,
 )
@@ -252,7 +255,8 @@ class Backup:
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
-        snaps = self.source.snapshots(self.p["source"], (layout.PROP_BACKUP, layout.PROP_TARGET))
+        snaps = self.source.snapshots(self.p["source"], (layout.PROP_BACKUP, layout.PROP_TARGET,
+                                                         layout.PROP_DEFINITION))
         by_name = {s.name: s for s in snaps}
         if self.p["snapshot"] in by_name:
             return by_name[self.p["snapshot"]], snaps
@@ -318,16 +322,21 @@ class Backup:
                 # A file backup is a full stream: its snapshot is the base of nothing.
                 self.source.destroy(snap.full)
                 self.result["pruned_source"].append(snap.full)
-                return
             for old in snaps:
-                if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_TARGET) != self.target_id:
+                if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_BACKUP, "-") == "-":
                     continue
-                if old.properties.get(layout.PROP_BACKUP, "-") == "-":
-                    continue
-                self.source.destroy(old.full)
-                self.result["pruned_source"].append(old.full)
+                sent_here = self.kind == "dataset" and old.properties.get(layout.PROP_TARGET) == self.target_id
+                if sent_here or self.left_by_failed_run(old):
+                    self.source.destroy(old.full)
+                    self.result["pruned_source"].append(old.full)
         except ZfsError as err:
             self.module.warn("backup made, but the source snapshots were not tidied: %s" % err)
+
+    def left_by_failed_run(self, old) -> bool:
+        """An older snapshot of this definition that went nowhere: a run failed before it could drop it
+        (the compute node was unreachable, or its ZFS down, when that run cleaned up)."""
+        return bool(self.p["definition"]) and old.properties.get(layout.PROP_TARGET, "-") == "-" and \
+            old.properties.get(layout.PROP_DEFINITION) == self.p["definition"]
 
     # -- dataset backups ------------------------------------------------------------------------
     def run_dataset(self) -> None:
@@ -475,7 +484,8 @@ class Backup:
 
     def _drop_new_source_snapshot(self) -> bool:
         """Destroy the source snapshot if vmbackup made it and the backup node does not hold it."""
-        if not self.source.exists(self.snapshot):
+        # An unreachable compute node must show up as a failed cleanup, not as "no snapshot there".
+        if not dataset_exists(self.source, self.snapshot):
             return False
         values = self.source.get([self.snapshot], ["guid", layout.PROP_BACKUP])[self.snapshot]
         if values.get(layout.PROP_BACKUP, "-") == "-":
