@@ -180,14 +180,28 @@ class NetNode:
         """Start the node's zfs-fuse if it does not answer; it imports the pools in its zpool.cache."""
         if self.zfs_running():
             return
-        self.unmount_stale()
         say("%s: starting zfs-fuse" % self.name)
-        self.run(["zfs-fuse", "--pidfile", self.path("zfs-fuse.pid"), "--no-kstat-mount"])
         deadline = time.monotonic() + timeout
+        while True:
+            self.unmount_stale()
+            # zfs-fuse refuses to start while its pid file exists ("already exists; aborting", to syslog
+            # only); a killed daemon leaves it behind. Its lock (/var/lock/zfs/zfs_lock) goes with its last thread.
+            pidfile = self.path("zfs-fuse.pid")
+            if os.path.exists(pidfile) and not pid_alive(read_pid(pidfile)):
+                os.unlink(pidfile)
+            started = self.run(["zfs-fuse", "--pidfile", self.path("zfs-fuse.pid"), "--no-kstat-mount"], check=False)
+            if started.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s: zfs-fuse does not start (rc=%d): %s" % (self.name, started.returncode,
+                                                                                started.stderr.strip()))
+            time.sleep(0.5)
         while not self.zfs_running():
             if time.monotonic() > deadline:
                 raise RuntimeError("%s: zfs-fuse did not answer within %ds" % (self.name, timeout))
             time.sleep(0.2)
+        # As zfs-fuse's init script does: the imported pools' filesystems are mounted by `zfs mount -a`.
+        self.run(["zfs", "mount", "-a"], check=False)
 
     def kill_zfs(self, sig: int = signal.SIGKILL) -> None:
         """Kill the node's zfs-fuse (a crash when SIGKILL)."""
