@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -37,15 +38,15 @@ def lab_command(args: argparse.Namespace) -> int:
 
 def netlab_command(args: argparse.Namespace) -> int:
     from vmbackup import netlab
+    # What up was given earlier (kept in DIR) holds unless given again.
+    the_lab = netlab.NetLab.load(args.dir)
+    given = {"prefix": args.prefix, "subnet": args.subnet, "pool": args.pool, "pool_size": args.size,
+             "nodes": netlab.parse_nodes(args.node) if args.node else None}
     if args.action == "up":
-        settings = {"prefix": args.prefix, "subnet": args.subnet, "pool": args.pool, "pool_size": args.size}
-        if args.node:
-            settings["nodes"] = netlab.parse_nodes(args.node)
-        the_lab = netlab.NetLab(directory=args.dir, **settings)
+        the_lab = dataclasses.replace(the_lab, **{k: v for k, v in given.items() if v is not None})
         the_lab.up(data_mb=args.data_mb)
         print(the_lab.status())
         return 0
-    the_lab = netlab.NetLab.load(args.dir)
     if args.action == "down":
         the_lab.down()
     else:
@@ -123,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     netlab.add_argument("--node", action="append", metavar="ROLE:NAME",
                         help="a node, ROLE compute or backup; repeat (default: compute:netlab-compute "
                              "backup:netlab-backup)")
-    netlab.add_argument("--prefix", default="vbnl", help="names of namespaces, bridge and links (default: %(default)s)")
-    netlab.add_argument("--subnet", default="10.77.0", help="the nodes' /24; this host is .1 (default: %(default)s)")
-    netlab.add_argument("--pool", default="zones", help="the pool every node has (default: %(default)s)")
-    netlab.add_argument("--size", default="1G", help="size of each pool file (default: %(default)s)")
+    netlab.add_argument("--prefix", help="names of namespaces, bridge and links (default: vbnl)")
+    netlab.add_argument("--subnet", help="the nodes' /24; this host is .1 (default: 10.77.0)")
+    netlab.add_argument("--pool", help="the pool every node has (default: zones)")
+    netlab.add_argument("--size", help="size of each pool file (default: 1G)")
     netlab.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM disk (default: 16)")
     netlab.set_defaults(func=netlab_command)
 

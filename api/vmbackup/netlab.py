@@ -449,6 +449,8 @@ class NetLab:
             "vars": {"ansible_connection": "ssh", "ansible_user": "root", "ansible_port": 22,
                      "ansible_ssh_private_key_file": self.key,
                      "ansible_ssh_common_args": " ".join("-o " + o for o in SSH_OPTIONS),
+                     # Ansible passes its own ConnectTimeout (10 s) ahead of the common args, and ssh keeps the first.
+                     "ansible_ssh_timeout": 5,
                      "ansible_python_interpreter": "/usr/bin/python3"},
             "children": groups}}
         with open(self.inventory + ".tmp", "w") as handle:
