@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo demo-playbooks test lint molecule collection bench lab-down clean
+.PHONY: setup demo demo-playbooks test lint sanity molecule collection bench lab-down clean
 
 setup:  ## system packages, .venv with pinned dependencies, the vmbackup command
 	./scripts/bootstrap
@@ -14,16 +14,24 @@ demo: setup  ## the main job on the local lab: discover its VMs, an admin user, 
 demo-playbooks: setup  ## backups of a lab VM with ansible-playbook alone
 	./scripts/demo-playbooks
 
-lint: setup  ## ruff on the Python, ansible-lint (production profile, offline) on playbooks and collection
+# What ansible-test's pep8 sanity test runs; ruff has no E12x (continuation line) rules.
+PEP8 := $(VENV)/pycodestyle --max-line-length 160 --ignore E402,W503,W504,E741,E203,E701,E704
+
+lint: setup  ## ruff, pycodestyle on the collection, ansible-lint (production, offline) on playbooks and the collection
 	$(VENV)/ruff check api collection tests bench
-	$(VENV)/ansible-lint -q playbooks collection
+	$(PEP8) collection
+	$(VENV)/ansible-lint -q playbooks
+	./scripts/sanity --lint
+
+sanity: setup  ## ansible-test sanity and units on a real copy of the collection (ansible_collections/vmbackup/zfs)
+	./scripts/sanity
 
 molecule: setup  ## the molecule scenario: converge, idempotence and verify on the lab's pools
 	$(VENV)/molecule test
 
-test: setup lint  ## everything the tests need, then the tests (on real zfs-fuse pools) and molecule
+test: setup lint sanity  ## everything the tests need, then the tests (unit, then on real zfs-fuse pools) and molecule
 	$(VENV)/python -c "from vmbackup.lab import start_zfs_daemon; start_zfs_daemon()"
-	$(VENV)/pytest -q tests
+	$(VENV)/pytest -q collection/tests/unit tests
 	$(VENV)/molecule test
 
 collection: setup  ## the Galaxy artifact (the collection alone) in dist/

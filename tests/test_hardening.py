@@ -134,7 +134,7 @@ def test_a_record_with_a_payload_hostname_backs_up_and_a_scheduled_batch_too(lab
     assert task["status"] == "SUCCESS", task["result"]
     time.sleep(1.1)  # the next backup gets another name (its time stamp has seconds)
     started = Scheduler(service, str(tmp_path / "data")).tick()
-    assert len(started) == 1 and service.store.get_task(started[0])["kind"] == "batch"
+    assert len(started) == 1 and len(service.store.get_task(started[0])["items"]) == 2  # one run, two disks
     wait_task(service, started[0])
 
 

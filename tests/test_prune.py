@@ -47,6 +47,7 @@ def test_retention_keeps_exactly_n_and_the_next_backup_is_still_incremental(lab,
     assert [k["name"] for k in res["kept"]] == DAILY[2:]
     assert not any(os.path.exists(manifest_of(lab, vm, n)) for n in DAILY[:2])  # manifests went with them
     assert all(os.path.exists(manifest_of(lab, vm, n)) for n in DAILY[2:])
+    assert res["diff"] == {"before": {"backups": DAILY}, "after": {"backups": DAILY[2:]}}, dumps(res)
 
     nxt = make_backups(lab, vm, ["daily-20261130_050000"])[0]
     assert nxt["incremental"] and nxt["base"] == DAILY[-1], dumps(nxt)
@@ -120,6 +121,7 @@ def test_check_mode_destroys_nothing_but_reports_the_same(lab, vm):
     assert all(os.path.exists(manifest_of(lab, vm, n)) for n in DAILY)
     real = prune(lab, vm, source=disk, definition="daily", keep=1)
     assert real["destroyed"] == checked["destroyed"] and real["kept"] == checked["kept"]
+    assert real["diff"] == checked["diff"] == {"before": {"backups": DAILY}, "after": {"backups": DAILY[3:]}}
     assert snapshots(target_of(lab, vm)) == DAILY[3:]
 
 

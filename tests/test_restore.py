@@ -77,6 +77,8 @@ def test_dataset_restore_brings_back_the_disk_as_it_was_at_backup_time(lab, vm):
     assert after["properties"]["vmbackup:hostname"] == vm.hostname
     assert after["mounted"] == "yes"
     assert leftovers(disk) == []
+    assert res["diff"]["before"] == {"disk": disk, "guid": before["guid"], "snapshots": res["dropped_snapshots"]}
+    assert res["diff"]["after"] == {"disk": disk, "guid": after["guid"], "snapshots": []}, dumps(res)
 
 
 def test_restore_into_another_vms_disk(lab, vm, other_vm):
@@ -173,6 +175,7 @@ def test_a_stream_that_breaks_midway_leaves_the_target_as_it_was(lab, vm):
     assert res.failed and res["msg"].startswith("transfer failed"), dumps(res)
     assert res["checksum_verified"] is True  # the check passed; zfs receive found the stream cut short
     assert any(s["stage"] == "zfs receive" and s["rc"] for s in res["stages"]), dumps(res)
+    assert "zfs receive" in res["cmd"] and res["rc"] and res["stderr"] is not None  # the failed stage, in the shape
     assert any("back to %s" % disk in line for line in res["cleanup"]), dumps(res)
     assert res["kept_aside"] is None
     assert state(disk) == before  # same data, same dataset (guid), same snapshots, mounted again
@@ -186,7 +189,7 @@ def test_a_failure_after_the_receive_destroys_the_new_disk_and_puts_the_old_one_
     assert not backup(lab, vm, "daily-20261129_055000").failed  # 8 MiB: more than the 4 MiB quota of `small`
     before = state(target)
     res = restore(lab, vm, "daily-20261129_055000", target)
-    assert res.failed and "quota" in res["failed_cmd"], dumps(res)
+    assert res.failed and "quota" in res["cmd"] and res["rc"] and res["stderr"], dumps(res)
     assert res["cleanup"][0] == "destroy half-received %s" % target, dumps(res)
     assert state(target) == before
     assert leftovers(target) == []

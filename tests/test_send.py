@@ -51,6 +51,9 @@ def test_full_then_incremental_backup_has_the_disks_content(lab, vm):
     # prune_source keeps only the newest common snapshot on the compute node
     assert snapshots(disk) == ["daily-20261128_020000"]
     assert second["pruned_source"] == [disk + "@daily-20261128_010000"]
+    assert first["diff"] == {"before": {"backups": []}, "after": {"backups": ["daily-20261128_010000"]}}
+    assert second["diff"] == {"before": {"backups": ["daily-20261128_010000"]},
+                              "after": {"backups": ["daily-20261128_010000", "daily-20261128_020000"]}}
 
 
 def test_received_snapshot_carries_backup_properties_and_manifest(lab, vm):

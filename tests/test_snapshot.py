@@ -55,6 +55,15 @@ def test_snapshot_with_properties_is_idempotent(lab, vm):
     assert not again.failed and again["changed"] is False and again["guid"] == first["guid"]
     gone = run_module("vmbackup.zfs.snapshot", dict(args, state="absent"))
     assert gone["changed"] and gone["destroyed"] and snapshots(disk) == []
+    made = {"snapshot": disk + "@daily-20261128_210000", "properties": {"vmbackup:define": "daily"}}
+    assert first["diff"] == {"before": None, "after": made}, dumps(first)
+    assert again["diff"] == {"before": made, "after": made} and gone["diff"] == {"before": made, "after": None}
+
+
+def test_a_missing_dataset_fails_in_the_one_failure_shape(lab, vm):
+    res = run_module("vmbackup.zfs.snapshot", {"dataset": lab.compute_pool + "/nosuchdisk", "name": "daily"})
+    assert res.failed and res["msg"] == "dataset: %s/nosuchdisk does not exist on this node" % lab.compute_pool
+    assert res["cmd"] is None and res["rc"] is None and res["stages"] == [] and res["cleanup"] == [], dumps(res)
 
 
 def test_check_mode_creates_nothing(lab, vm):

@@ -61,7 +61,8 @@ def serve_command(args: argparse.Namespace) -> int:
     server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
                  size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
                  schedule_interval=args.schedule_interval, body_limit=args.body_limit,
-                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit)
+                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
+                 verify_every=args.verify_every_days * 86400)
     return 0
 
 
@@ -95,6 +96,37 @@ def discover_command(args: argparse.Namespace) -> int:
     app = server.Application(args.data_dir, args.inventory)
     print(json.dumps(app.discover(), indent=2))
     return 0
+
+
+def sync_command(args: argparse.Namespace) -> int:
+    from vmbackup import server
+    app = server.Application(args.data_dir, args.inventory)
+    if not args.no_discover:
+        app.discover()
+    task = app.sync(wait=True, node=args.node)
+    print(json.dumps({"status": task["status"], **(task.get("result") or {})}, indent=2))
+    return 0 if task["status"] == "SUCCESS" else 1
+
+
+def definitions_command(args: argparse.Namespace) -> int:
+    from vmbackup import server
+    app = server.Application(args.data_dir, args.inventory)
+    if args.action == "export":
+        text = json.dumps(app.export_definitions(), indent=2, sort_keys=True) + "\n"
+        if args.file in (None, "-"):
+            sys.stdout.write(text)
+        else:
+            with open(args.file, "w") as handle:
+                handle.write(text)
+        return 0
+    if args.file in (None, "-"):
+        data = json.load(sys.stdin)
+    else:
+        with open(args.file) as handle:
+            data = json.load(handle)
+    report = app.import_definitions(data, replace=args.replace)
+    print(json.dumps(report, indent=2))
+    return 0 if not report["refused"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream-limit", type=float, default=server_defaults.DEFAULT_STREAM_LIMIT,
                        help="seconds an ES-STREAM answer waits for its job before it returns the current status "
                             "(default: %(default)s)")
+    serve.add_argument("--verify-every-days", type=float, default=server_defaults.DEFAULT_VERIFY_EVERY / 86400,
+                       help="days between restore drills of each definition's newest backup, spread over that time; "
+                            "0: no scheduled drills (default: %(default)s)")
     serve.set_defaults(func=serve_command)
 
     user = sub.add_parser("user", help="add or list API users",
@@ -178,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     discover = sub.add_parser("discover", help="ask the nodes for their pools and VMs now")
     service_options(discover)
     discover.set_defaults(func=discover_command)
+
+    sync = sub.add_parser("sync", help="compare the records with what the backup nodes hold",
+                          description="List the backups on every operational backup node (or --node) and bring "
+                                      "the records in line: data gone -> LOST, seen again -> OK, backups without a "
+                                      "record are imported. Discovers the nodes first unless --no-discover.")
+    service_options(sync)
+    sync.add_argument("--node", help="only this backup node")
+    sync.add_argument("--no-discover", action="store_true", help="use the nodes and pools recorded last")
+    sync.set_defaults(func=sync_command)
+
+    definitions = sub.add_parser("definitions", help="export or import backup definitions (JSON)",
+                                 description="Export the backup definitions to a JSON file, or import them on a new "
+                                             "controller (after `vmbackup discover`), so that schedules come back.")
+    definitions.add_argument("action", choices=["export", "import"])
+    definitions.add_argument("file", nargs="?", help="the JSON file (default: standard output / input)")
+    definitions.add_argument("--replace", action="store_true", help="on import, replace definitions that exist")
+    service_options(definitions)
+    definitions.set_defaults(func=definitions_command)
     return parser
 
 

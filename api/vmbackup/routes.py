@@ -120,7 +120,7 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
     def body():
         last = start = time.monotonic()
         while True:
-            task = service.store.get_task(task_id)
+            task = service.task_record(task_id)
             if task is None or task["status"] != "PENDING" or time.monotonic() - start >= limit:
                 break
             if time.monotonic() - last >= interval:
@@ -258,28 +258,20 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
         outcome = service.delete_backup(user, vm, name, params())
         return pending(outcome) or sync(user, outcome)
 
+    route("/api/vm/<vm>/backup/<name>/verify", "PUT",
+          lambda user, vm, name: pending(service.verify_backup(user, vm, name, params())))
     route("/api/vm/<vm>/backup/<name>", "PUT", put_backup)
     route("/api/vm/<vm>/backup/<name>", "DELETE", delete_one)
 
     # -- tasks --------------------------------------------------------------------------------------
     def task_list(user):
-        tasks = [t for t in service.store.pending_tasks() if user.get("is_admin") or t.get("user_id") == user["id"]]
-        return sync(user, [t["task_id"] for t in tasks])
+        return sync(user, service.pending_task_ids(user))
 
     def task_log(user):
-        entries = [e for e in service.store.task_log()
-                   if user.get("is_admin") or e.get("username") == user["username"]]
-        entries.sort(key=lambda e: e["time"], reverse=True)
-        return sync(user, entries)
+        return sync(user, service.task_log(user))
 
     def task_detail(user, task_id):
-        task = service.visible_task(user, task_id)
-        info = {k: task.get(k) for k in ("view", "method", "hostname", "disk_id", "bkpname", "define", "username",
-                                          "started", "finished", "queued")}
-        info["status"] = task["status"]
-        if task["status"] == "PENDING":
-            info["progress"] = service.runner.progress(task_id)
-        return envelope(task_id, "SUCCESS", info, 200)
+        return envelope(task_id, "SUCCESS", service.task_info(user, task_id), 200)
 
     def task_status(user, task_id):
         task = service.visible_task(user, task_id)
@@ -293,6 +285,11 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0) -> bot
         service.cancel(user, task_id)
         return envelope(task_id, "SUCCESS", {"message": "Task canceled"}, 200)
 
+    def sync_nodes(user):
+        node = params().get("node") or None
+        return pending(service.sync(user, node if isinstance(node, str) else None))
+
+    route("/api/sync", "PUT", sync_nodes)
     route("/api/task", "GET", task_list)
     route("/api/task/log", "GET", task_log)
     route("/api/task/<task_id>", "GET", task_detail)
@@ -319,7 +316,7 @@ def wait_for(service: Service, task_id: str, timeout: float | None = None, poll:
     """Block until a task ends (used by streams and tests); return its record."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        task = service.store.get_task(task_id)
+        task = service.task_record(task_id)
         if task is None or task["status"] != "PENDING":
             return task
         if deadline is not None and time.monotonic() > deadline:

@@ -48,22 +48,30 @@ class Runner:
     def data_dir(self, ident: str) -> str:
         return os.path.join(self.runs_dir, ident)
 
-    def progress_file(self, ident: str) -> str:
-        """Where the send module writes bytes sent so far (the playbook passes it on)."""
-        return os.path.join(self.data_dir(ident), "progress.json")
+    def progress_file(self, ident: str, item: int | None = None) -> str:
+        """Where the send module writes bytes sent so far: one file per run, or per item of a batch."""
+        name = "progress.json" if item is None else "progress-%d.json" % item
+        return os.path.join(self.data_dir(ident), name)
 
     def progress(self, ident: str) -> dict:
-        """The current step (task name) of a run and, during a transfer, bytes sent and expected."""
+        """The current step (task name) of a run and, during transfers, bytes sent and expected (summed over
+        the disks of a batch)."""
         step = None
         for event in self.events(ident):
             if event.get("event") in ("playbook_on_task_start", "runner_on_start"):
                 step = event.get("event_data", {}).get("task") or step
-        progress = {"step": step}
-        try:
-            with open(self.progress_file(ident)) as handle:
-                progress.update(json.load(handle))
-        except (OSError, ValueError):
-            pass
+        progress: dict = {"step": step}
+        for path in sorted(glob.glob(os.path.join(self.data_dir(ident), "progress*.json"))):
+            try:
+                with open(path) as handle:
+                    part = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            for key in ("bytes", "total"):
+                if isinstance(part.get(key), int):
+                    progress[key] = progress.get(key, 0) + part[key]
+            if part.get("updated"):
+                progress["updated"] = max(progress.get("updated", ""), str(part["updated"]))
         return progress
 
     def artifacts(self, ident: str) -> str:

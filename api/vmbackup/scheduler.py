@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -18,17 +19,11 @@ import threading
 from croniter import croniter
 
 from vmbackup import errors
-from vmbackup.service import Service, iso, now
+from vmbackup.clock import iso, now, parse
+from vmbackup.service import SCHEDULER, Service
 
 log = logging.getLogger("vmbackup.scheduler")
-SYSTEM_USER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
-
-
-def parse(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    return datetime.datetime.strptime(text.rstrip("Z")[:19], "%Y-%m-%dT%H:%M:%S").replace(
-        tzinfo=datetime.timezone.utc)
+SYSTEM_USER = SCHEDULER
 
 
 def latest_due(schedule: str, after: datetime.datetime, until: datetime.datetime) -> datetime.datetime | None:
@@ -45,10 +40,13 @@ def latest_due(schedule: str, after: datetime.datetime, until: datetime.datetime
 class Scheduler:
     """Ticks every `interval` seconds and starts the definitions that are due."""
 
-    def __init__(self, service: Service, data_dir: str, interval: float = 5.0):
+    def __init__(self, service: Service, data_dir: str, interval: float = 5.0, verify_every: float = 7 * 86400,
+                 drills_per_tick: int = 2):
         self.service = service
         self.store = service.store
         self.interval = interval
+        self.verify_every = verify_every  # seconds between drills of a definition's newest backup; 0: none
+        self.drills_per_tick = drills_per_tick
         self._lockfile = os.path.join(data_dir, "scheduler.lock")
         self._stop = threading.Event()
         self._handle = None
@@ -89,6 +87,8 @@ class Scheduler:
         Definitions due together go to their backup node in one batch run (Ansible starts once).
         """
         when = when or now()
+        if self.verify_every:
+            self.drills(when)
         due = []
         for definition in self.store.definitions():
             if definition.get("active") and self.next_due(definition) <= when:
@@ -106,6 +106,43 @@ class Scheduler:
             self.refused(definition, due_times[(definition["vm_uuid"], definition["disk_id"],
                                                 definition["name"])], reason)
         log.info("%d definitions due: %d batch run(s), %d not started", len(due), len(started), len(refused))
+        return started
+
+    def drill_due(self, definition: dict, when: datetime.datetime) -> bool:
+        """A definition's newest backup is drilled every `verify_every` seconds; the first drill of each
+        definition comes half an interval after it was created plus a stable share of the other half, so that
+        drills do not all start at once (nor right after a definition is made)."""
+        last = parse(definition.get("last_drill"))
+        if last is not None:
+            return (when - last).total_seconds() >= self.verify_every
+        key = "%s:%s:%s" % (definition["vm_uuid"], definition["disk_id"], definition["name"])
+        half = max(1, int(self.verify_every / 2))
+        offset = half + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % half
+        start = parse(definition.get("created")) or when
+        return (when - start).total_seconds() >= offset
+
+    def drills(self, when: datetime.datetime) -> list[str]:
+        """Start the restore drills that are due (a few per tick); a disk with a job is tried next tick."""
+        definitions = {(d["vm_uuid"], d["disk_id"], d["name"]): d for d in self.store.definitions()}
+        started = []
+        for backup in self.service.drill_candidates():
+            if len(started) >= self.drills_per_tick:
+                break
+            definition = definitions.get((backup["vm_uuid"], backup["disk_id"], backup["define"]))
+            if definition is None or not self.drill_due(definition, when):
+                continue
+            try:
+                task_id = self.service.verify_backup(SYSTEM_USER, backup["vm_uuid"], backup["name"],
+                                                     {"disk_id": backup["disk_id"]}, automatic=True)
+            except (errors.ApiError, errors.ValidationFailed) as err:
+                log.info("drill of %s/%s waits: %s", backup["hostname"], backup["name"], getattr(err, "detail", err))
+                continue
+            with self.store.lock:  # due again only after a whole interval, whatever its outcome
+                current = self.store.get_definition(backup["vm_uuid"], backup["disk_id"], backup["define"])
+                if current is not None:
+                    self.store.save_definition(dict(current, last_drill=iso(when)))
+            log.info("drill of %s/%s: task %s", backup["hostname"], backup["name"], task_id)
+            started.append(task_id)
         return started
 
     def next_due(self, definition: dict) -> datetime.datetime:

@@ -8,13 +8,14 @@ import os
 import threading
 import time
 
-from vmbackup import paths
+from vmbackup import errors, paths
 from vmbackup.auth import Auth
+from vmbackup.clock import iso, now
 from vmbackup.discovery import Discovery
 from vmbackup.routes import build_app, es_header_names, utf8_only
 from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
-from vmbackup.service import Service
+from vmbackup.service import DEFINITION_FIELDS, Service
 from vmbackup.store import Store
 
 log = logging.getLogger("vmbackup")
@@ -25,6 +26,7 @@ DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVE
 DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
 DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
+DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
 
 
 class Application:
@@ -33,7 +35,7 @@ class Application:
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, inventory: str = DEFAULT_INVENTORY,
                  size_limit: int | None = None, jobs_per_node: int | None = None,
                  body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-                 stream_limit: float = DEFAULT_STREAM_LIMIT):
+                 stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
@@ -43,13 +45,68 @@ class Application:
         self.runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
         self.auth = Auth(self.store)
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node)
-        self.scheduler = Scheduler(self.service, self.data_dir)
+        self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
         self.discovery = Discovery(self.store, self.runner, self.inventory)
         self._stop = threading.Event()
 
     def wsgi(self):
         app = build_app(self.service, self.auth, stream_limit=self.stream_limit)
         return limit_body(utf8_only(es_header_names(app)), self.body_limit)
+
+    def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800) -> dict:
+        """Start a sync with the backup nodes (unless one is running); with `wait`, its finished task."""
+        running = [t for t in self.store.pending_tasks() if t.get("kind") == "sync"]
+        task_id = running[0]["task_id"] if running else self.service.sync(None, node)
+        if not wait:
+            return self.store.get_task(task_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.store.get_task(task_id)
+            if task["status"] != "PENDING":
+                return task
+            time.sleep(0.3)
+        raise RuntimeError("sync %s did not end within %d s" % (task_id, timeout))
+
+    def export_definitions(self) -> dict:
+        """Every backup definition, as a new controller can import it."""
+        keep = list(DEFINITION_FIELDS)
+        return {"vmbackup_definitions": 1, "exported": iso(now()),
+                "definitions": [{k: d.get(k) for k in keep} for d in self.store.definitions()]}
+
+    def import_definitions(self, data: dict, replace: bool = False) -> dict:
+        """Create the definitions of an export, checked as a POST would be; report what was refused."""
+        if not isinstance(data, dict) or data.get("vmbackup_definitions") != 1 or \
+                not isinstance(data.get("definitions"), list):
+            raise RuntimeError("not a vmbackup definitions export (want {\"vmbackup_definitions\": 1, ...})")
+        admin = {"id": 0, "username": "import", "is_admin": True, "vms": []}
+        report = {"imported": [], "replaced": [], "refused": []}
+        for definition in data["definitions"]:
+            if not isinstance(definition, dict):
+                report["refused"].append({"definition": None, "why": "not an object"})
+                continue
+            label = "%s/%s disk %s" % (definition.get("hostname"), definition.get("name"), definition.get("disk_id"))
+            fields = {k: v for k, v in definition.items() if k in DEFINITION_FIELDS and k not in
+                      ("hostname", "vm_uuid", "name") and v is not None}
+            vm_key = definition.get("vm_uuid") or definition.get("hostname") or ""
+            try:
+                vm = self.service.vm_for(admin, str(vm_key))
+                existing = self.store.get_definition(vm["uuid"], int(fields.get("disk_id", 1)), str(definition["name"]))
+                if existing is not None and not replace:
+                    raise errors.NotAcceptable(errors.DEFINITION_EXISTS)
+                if existing is not None:
+                    self.service.update_definition(admin, vm["uuid"], str(definition["name"]),
+                                                   {k: v for k, v in fields.items() if k != "type"})
+                    report["replaced"].append(label)
+                else:
+                    self.service.create_definition(admin, vm["uuid"], str(definition.get("name")), fields)
+                    report["imported"].append(label)
+            except errors.ApiError as err:
+                report["refused"].append({"definition": label, "why": err.detail})
+            except errors.ValidationFailed as err:
+                report["refused"].append({"definition": label, "why": err.errors})
+            except (KeyError, TypeError, ValueError) as err:
+                report["refused"].append({"definition": label, "why": "malformed: %s" % err})
+        return report
 
     def purge_runs(self) -> list[str]:
         """Remove the folders of runs finished more than `run_retention` ago (their tasks stay recorded)."""
@@ -83,8 +140,9 @@ class Application:
             while not self._stop.is_set():
                 try:
                     self.discover()
+                    self.sync()  # then the backups: the nodes hold the truth
                 except Exception as err:  # a broken node must not stop the service
-                    log.error("discovery failed: %s", err)
+                    log.error("discovery or sync failed: %s", err)
                 self._stop.wait(discover_every)
 
         threading.Thread(target=loop, daemon=True, name="discovery").start()
@@ -147,12 +205,12 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           threads: int = 8, size_limit: int | None = None, schedule: bool = True,
           jobs_per_node: int | None = None, schedule_interval: float = 5.0,
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
-          stream_limit: float = DEFAULT_STREAM_LIMIT) -> None:
+          stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
-                      run_retention=run_retention, stream_limit=stream_limit)
+                      run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every)
     app.scheduler.interval = schedule_interval
     app.start_background(discover_every, schedule)
     log.info("vmbackup API on http://%s:%s/api/ (data in %s)", host or "127.0.0.1", port, app.data_dir)

@@ -5,40 +5,30 @@ and their states, and the jobs that carry out backups, restores and deletes thro
 from __future__ import annotations
 
 import collections
-import datetime
-import re
 import secrets
-import threading
 
-from vmbackup import errors, validation
-from vmbackup.runner import Runner, RunResult
+from vmbackup import errors, facts, validation
+from vmbackup.clock import backup_name, iso, now, parse
+from vmbackup.events import Events
+from vmbackup.facts import LOST, OK, PENDING, RESTORE, TYPE_FILE
+from vmbackup.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob, VerifyJob
+from vmbackup.queue import JobQueue
+from vmbackup.runner import Runner
 from vmbackup.store import Ambiguous, Store
 
-# Backup status codes (API.md section 3).
-OK, PENDING, RESTORE, LOST = 1, 2, 3, 4
-TYPE_DATASET, TYPE_FILE = 1, 2
-BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
+__all__ = ["Service", "iso", "now", "OK", "PENDING", "RESTORE", "LOST"]
 
 DEFINITION_FIELDS = ["hostname", "vm_uuid", "name", "disk_id", "type", "node", "zpool", "desc", "bwlimit", "active",
                      "schedule", "retention", "compression", "fsfreeze"]
 BACKUP_FIELDS = ["hostname", "vm_uuid", "vm", "define", "name", "disk_id", "type", "node", "zpool", "created",
                  "status", "size", "time", "file_path", "note"]
+# Additive fields (API.md section 6): when a restore drill last proved the backup, and how the last one went.
+VERIFY_FIELDS = ["verified", "verify_status"]
 DEFINITION_ORDER_ALL = ["name", "disk_id", "hostname", "created"]
 DEFINITION_ORDER_VM = ["name", "disk_id", "created"]
 BACKUP_ORDER = ["name", "disk_id", "size", "time", "created"]
-MESSAGES = {"create": "Backup successfully created", "restore": "Backup successfully restored",
-            "delete": "Backup successfully deleted", "delete_many": "Backups successfully deleted",
-            "retention": "Backups successfully pruned", "batch": "Backups successfully created"}
-FAILURES = {"create": "Backup failed", "restore": "Restore failed", "delete": "Delete failed",
-            "delete_many": "Delete failed", "retention": "Retention failed", "batch": "Backups failed"}
-
-
-def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def iso(when: datetime.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (when.microsecond // 1000)
+TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued")
+SCHEDULER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
 
 
 class Service:
@@ -50,11 +40,8 @@ class Service:
         self.runner = runner
         self.dc_id = dc_id
         self.size_limit = size_limit
-        self.jobs_per_node = jobs_per_node  # None: no limit; else jobs beyond it wait in a queue
-        self._busy: dict[tuple[str, int], str] = {}  # (vm uuid, disk_id) -> task id of the job on it
-        self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
-        self._queue: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._lock = threading.RLock()
+        self.events = Events()
+        self.queue = JobQueue(store, runner, jobs_per_node, self.events)
 
     # -- identities -----------------------------------------------------------------------------
     def task_id(self, user: dict | None, kind: str, owner_id: int | None = None) -> str:
@@ -155,6 +142,9 @@ class Service:
     # -- definitions ----------------------------------------------------------------------------
     def definition_view(self, definition: dict, extended: bool) -> dict:
         view = {k: definition.get(k) for k in DEFINITION_FIELDS}
+        # Additive: when a drill last proved a backup of this definition restorable, and how long ago.
+        view["verified"] = definition.get("verified")
+        view["verified_age"] = int((now() - parse(view["verified"])).total_seconds()) if view["verified"] else None
         if extended:
             view["backups"] = sum(1 for b in self.store.backups(vm_uuid=definition["vm_uuid"])
                                   if b["define"] == definition["name"] and b["disk_id"] == definition["disk_id"])
@@ -221,7 +211,7 @@ class Service:
             "retention": fields.integer("retention", preset[1] if preset else None, required=preset is None,
                                         low=0, high=65536),
             "active": fields.boolean("active", True),
-            "compression": fields.integer("compression", 0, low=0, high=3),
+            "compression": self._compression(fields, 0),
             "bwlimit": fields.integer("bwlimit", None, low=0, nullable=True) or None,
             "desc": fields.string("desc", "", max_length=128),
             "fsfreeze": fields.boolean("fsfreeze", False),
@@ -251,6 +241,18 @@ class Service:
                 if definition["zpool"] not in node["pools"]:
                     fields.fail("zpool", "Storage %s does not exist on node %s." % (definition["zpool"], node["name"]))
 
+    @staticmethod
+    def _compression(fields: validation.Fields, default):
+        """0-3 as in the original API, or (an extension) the names the collection knows, e.g. zstd."""
+        if not fields.has("compression"):
+            return default
+        try:
+            return facts.compression(fields.data["compression"])
+        except ValueError:
+            fields.fail("compression", "Select a valid choice: %s."
+                        % ", ".join(facts.API_COMPRESSIONS + facts.COMPRESSION_NAMES))
+            return default
+
     def update_definition(self, user: dict, vm_name: str, name: str, data: dict) -> dict:
         vm, disk = self._writable_vm(user, vm_name, data)
         definition = self.store.get_definition(vm["uuid"], disk["disk_id"], name)
@@ -263,7 +265,7 @@ class Service:
             "schedule": fields.string("schedule", definition["schedule"]),
             "retention": fields.integer("retention", definition["retention"], low=0, high=65536),
             "active": fields.boolean("active", definition["active"]),
-            "compression": fields.integer("compression", definition["compression"], low=0, high=3),
+            "compression": self._compression(fields, definition["compression"]),
             "bwlimit": (fields.integer("bwlimit", None, low=0, nullable=True) or None) if fields.has("bwlimit")
             else definition["bwlimit"],
             "desc": fields.string("desc", definition["desc"], max_length=128),
@@ -288,7 +290,7 @@ class Service:
     # -- backups: reading -----------------------------------------------------------------------
     def backup_view(self, backup: dict, hostnames: dict | None = None) -> dict:
         """The API's backup object; `hostnames` caches the current hostname of each VM in a list."""
-        view = {k: backup.get(k) for k in BACKUP_FIELDS}
+        view = {k: backup.get(k) for k in BACKUP_FIELDS + VERIFY_FIELDS}
         if hostnames is None:
             hostnames = {}
         if backup["vm_uuid"] not in hostnames:
@@ -333,34 +335,36 @@ class Service:
 
     # -- backups: jobs --------------------------------------------------------------------------
     def busy(self, vm_uuid: str, disk_id: int) -> str | None:
-        with self._lock:
-            return self._busy.get((vm_uuid, disk_id))
-
-    def _claim(self, vm_uuid: str, disk_id: int, task_id: str) -> None:
-        with self._lock:
-            if (vm_uuid, disk_id) in self._busy:
-                raise errors.Conflict(errors.VM_PENDING)
-            self._busy[(vm_uuid, disk_id)] = task_id
-
-    def _release(self, task_id: str) -> None:
-        with self._lock:
-            for key, owner in list(self._busy.items()):
-                if owner == task_id:
-                    del self._busy[key]
+        return self.queue.busy((vm_uuid, disk_id))
 
     def create_backup(self, user: dict, vm_name: str, bkpdef: str, data: dict, automatic: bool = False) -> str:
-        """Start a backup job; return its task id (checks in API.md's order)."""
+        """Start a backup job (a batch of one); return its task id (checks in API.md's order)."""
         plan = self._plan_backup(user, vm_name, bkpdef, data)
         task_id = self.task_id(user, "a" if automatic else "e")
-        self._claim(plan["vm_uuid"], plan["disk_id"], task_id)
+        self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
         self.store.insert_backup(plan["record"])
-        self._start(task_id, user, "create", "backup.yml", plan["extravars"], vm_uuid=plan["vm_uuid"],
-                    hostname=plan["hostname"], disk_id=plan["disk_id"], bkpname=plan["bkpname"], define=bkpdef,
-                    view="vm_backup", method="POST")
+        self._submit_backups(task_id, user, plan["node"], [plan], define=bkpdef)
         return task_id
 
+    def _submit_backups(self, task_id: str, user: dict, node: str, plans: list[dict], **task) -> None:
+        single = len(plans) == 1
+        for n, plan in enumerate(plans):
+            plan["item"]["progress_file"] = self.runner.progress_file(task_id, None if single else n)
+        first = plans[0]
+        # A batch of one also carries its item's variables at the top level, as backup.yml takes one disk.
+        extravars = dict(first["item"]) if single else {"node": node, "backups": [p["item"] for p in plans]}
+        record = self._task(task_id, user, BackupJob, extravars,
+                            items=[{k: p[k] for k in ("vm_uuid", "hostname", "disk_id", "bkpname", "define")}
+                                   for p in plans],
+                            vm_uuid=first["vm_uuid"] if single else None,
+                            hostname=first["hostname"] if single else None,
+                            disk_id=first["disk_id"] if single else None,
+                            bkpname=first["bkpname"] if single else [p["bkpname"] for p in plans],
+                            view="vm_backup", method="POST", **task)
+        self.queue.submit(record)
+
     def _plan_backup(self, user: dict, vm_name: str, bkpdef: str, data: dict) -> dict:
-        """Every check of a create, in order; the record and playbook variables of the backup."""
+        """Every check of a create, in order; the record and the playbook item of the backup."""
         self.require_admin(user)
         vm = self.vm_for(user, vm_name)
         self.check_node(vm["node"])
@@ -372,7 +376,7 @@ class Service:
         note = fields.string("note", "", max_length=128)
         fields.raise_if_any()
         created = now()
-        name = "%s-%s" % (bkpdef, created.strftime(BACKUP_TIME_FORMAT))
+        name = backup_name(bkpdef, created)
         if self.store.get_backup(vm["uuid"], disk["disk_id"], name):
             raise errors.NotAcceptable(errors.BACKUP_EXISTS)
         if self.size_limit is not None and self.store.total_backup_size() >= self.size_limit:
@@ -388,45 +392,41 @@ class Service:
                   "zpool": definition["zpool"], "created": iso(created), "status": PENDING, "size": None,
                   "time": None, "file_path": None, "note": note, "checksum": None,
                   "disk_size": disk.get("size"), "brand": vm.get("brand")}
-        extravars = {"node": definition["node"], "compute_node": vm["node"], "vm_uuid": vm["uuid"],
-                     "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpdef": bkpdef, "bkpname": name,
-                     "zpool": definition["zpool"], "type": definition["type"],
-                     "compression": definition["compression"], "bwlimit": definition["bwlimit"] or 0,
-                     "fsfreeze": definition["fsfreeze"], "retention": 0}
+        # Retention runs in the same run: the newest `retention` OK backups of the definition stay, and
+        # those not OK (being restored, deleted or made) are never pruned.
+        protect = [b["name"] for b in self.store.backups(vm_uuid=vm["uuid"])
+                   if b["define"] == bkpdef and b["disk_id"] == disk["disk_id"] and b["status"] != OK]
+        item = {"node": definition["node"], "compute_node": vm["node"], "vm_uuid": vm["uuid"],
+                "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpdef": bkpdef, "bkpname": name,
+                "zpool": definition["zpool"], "type": definition["type"],
+                "compression": str(definition["compression"]), "bwlimit": definition["bwlimit"] or 0,
+                "fsfreeze": definition["fsfreeze"], "retention": definition["retention"], "protect": protect}
         return {"vm_uuid": vm["uuid"], "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpname": name,
-                "define": bkpdef, "node": definition["node"], "record": record, "extravars": extravars}
+                "define": bkpdef, "node": definition["node"], "record": record, "item": item}
 
     def create_batch(self, definitions: list[dict]) -> tuple[list[str], list[tuple[dict, str]]]:
         """Scheduled backups due together: one automatic run per backup node, Ansible started once.
 
         Returns the batch task ids and the definitions that could not start, with the reason.
         """
-        user = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
         plans: dict[str, list[dict]] = collections.defaultdict(list)
         refused = []
-        claimed: dict[str, str] = {}
+        task_ids: dict[str, str] = {}
         for definition in definitions:
             try:
-                plan = self._plan_backup(user, definition["vm_uuid"], definition["name"],
+                plan = self._plan_backup(SCHEDULER, definition["vm_uuid"], definition["name"],
                                          {"disk_id": definition["disk_id"]})
-                task_id = claimed.setdefault(plan["node"], self.task_id(None, "a"))
-                self._claim(plan["vm_uuid"], plan["disk_id"], task_id)
+                task_id = task_ids.setdefault(plan["node"], self.task_id(None, "a"))
+                self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
             except (errors.ApiError, errors.ValidationFailed) as err:
                 refused.append((definition, getattr(err, "detail", None) or str(err)))
                 continue
             plans[plan["node"]].append(plan)
-        started = []
         for node, group in plans.items():
-            task_id = claimed[node]
             for plan in group:
                 self.store.insert_backup(plan["record"])
-            items = [{k: p[k] for k in ("vm_uuid", "hostname", "disk_id", "bkpname", "define")} for p in group]
-            self._start(task_id, user, "batch", "backup_batch.yml",
-                        {"node": node, "backups": [p["extravars"] for p in group]},
-                        vm_uuid=None, hostname=None, disk_id=None, bkpname=[p["bkpname"] for p in group],
-                        items=items, view="vm_backup", method="POST")
-            started.append(task_id)
-        return started, refused
+            self._submit_backups(task_ids[node], SCHEDULER, node, group)
+        return [task_ids[node] for node in plans], refused
 
     def set_note(self, user: dict, original: str, name: str, data: dict) -> dict:
         self.require_admin(user)
@@ -469,7 +469,7 @@ class Service:
         if target.get("state") != "stopped":
             raise errors.Locked(errors.VM_NOT_STOPPED)
         task_id = self.task_id(user, "e")
-        self._claim(target["uuid"], disk["disk_id"], task_id)
+        self.queue.claim([(target["uuid"], disk["disk_id"])], task_id)
         self.store.update_backup(backup["vm_uuid"], backup["disk_id"], backup["name"], {"status": RESTORE})
         extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
                      "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
@@ -477,10 +477,10 @@ class Service:
                      "compute_node": target["node"], "target_compute_node": target["node"],
                      "target_vm_uuid": target["uuid"], "target_hostname": target["hostname"],
                      "target_disk_id": disk["disk_id"], "force": force}
-        self._start(task_id, user, "restore", "restore.yml", extravars, vm_uuid=target["uuid"],
-                    hostname=target["hostname"], disk_id=disk["disk_id"], bkpname=backup["name"],
-                    backup_key=(backup["vm_uuid"], backup["disk_id"], backup["name"]), view="vm_backup",
-                    method="PUT")
+        self.queue.submit(self._task(task_id, user, RestoreJob, extravars, vm_uuid=target["uuid"],
+                                     hostname=target["hostname"], disk_id=disk["disk_id"], bkpname=backup["name"],
+                                     backup_key=[backup["vm_uuid"], backup["disk_id"], backup["name"]],
+                                     view="vm_backup", method="PUT"))
         return task_id
 
     def delete_backup(self, user: dict, original: str, name: str, data: dict) -> str | dict:
@@ -493,7 +493,7 @@ class Service:
             self.store.delete_backups(backup["vm_uuid"], backup["disk_id"], [backup["name"]])
             return {"message": "Backup successfully deleted from DB"}
         self.check_node(backup["node"])
-        return self._delete_job(user, [backup], "delete")
+        return self._delete_job(user, [backup])
 
     def delete_backups(self, user: dict, original: str, data: dict) -> str | dict:
         self.require_admin(user)
@@ -518,12 +518,12 @@ class Service:
         if not live:
             return {"message": "Backup successfully deleted from DB"}
         self.check_node(live[0]["node"])
-        return self._delete_job(user, live, "delete_many" if len(live) > 1 else "delete")
+        return self._delete_job(user, live)
 
-    def _delete_job(self, user: dict, backups: list[dict], kind: str, automatic: bool = False) -> str:
+    def _delete_job(self, user: dict, backups: list[dict]) -> str:
         first = backups[0]
-        task_id = self.task_id(user, "a" if automatic else "e")
-        self._claim(first["vm_uuid"], first["disk_id"], task_id)
+        task_id = self.task_id(user, "e")
+        self.queue.claim([(first["vm_uuid"], first["disk_id"])], task_id)
         names = [b["name"] for b in backups]
         for name in names:
             self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": PENDING})
@@ -533,219 +533,102 @@ class Service:
         vm = self.store.get_vm(first["vm_uuid"])
         if vm:
             extravars["compute_node"] = vm["node"]
-        self._start(task_id, user, kind, "delete.yml", extravars, vm_uuid=first["vm_uuid"],
-                    hostname=first["hostname"], disk_id=first["disk_id"], bkpname=names, view="vm_backup",
-                    method="DELETE")
+        self.queue.submit(self._task(task_id, user, DeleteJob, extravars, vm_uuid=first["vm_uuid"],
+                                     hostname=first["hostname"], disk_id=first["disk_id"], bkpname=names,
+                                     view="vm_backup", method="DELETE"))
         return task_id
 
-    # -- job lifecycle --------------------------------------------------------------------------
-    def _start(self, task_id: str, user: dict, kind: str, playbook: str, extravars: dict, **task) -> None:
-        record = dict(task, task_id=task_id, kind=kind, playbook=playbook, status="PENDING",
-                      username=user["username"] if user else "scheduler", user_id=user["id"] if user else 0,
-                      started=iso(now()), result=None, node=extravars.get("node"), extravars=extravars)
-        if "backup_key" in record:
-            record["backup_key"] = list(record["backup_key"])
-        node = extravars.get("node")
-        with self._lock:
-            queued = self.jobs_per_node is not None and len(self._running[node]) >= self.jobs_per_node
-            record["queued"] = queued
-            self.store.insert_task(record)
-            if queued:
-                self._queue[node].append(task_id)
-                return
-            self._running[node].add(task_id)
-        self._launch(task_id, playbook, extravars)
+    def _task(self, task_id: str, user: dict | None, job, extravars: dict, **fields) -> dict:
+        """A job's task record: who, what, its playbook and extra vars (kept for a relaunch after a restart)."""
+        return dict(fields, task_id=task_id, kind=job.kind, playbook=job.playbook, status="PENDING",
+                    username=user["username"] if user else "scheduler", user_id=user["id"] if user else 0,
+                    started=iso(now()), result=None, node=extravars.get("node"), extravars=extravars)
 
-    def _launch(self, task_id: str, playbook: str, extravars: dict) -> None:
-        extravars = dict(extravars, vmbackup_progress_file=self.runner.progress_file(task_id))
-        try:
-            pid = self.runner.start(task_id, playbook, extravars, lambda result: self.finish(task_id, result))
-        except OSError as err:
-            self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
-            return
-        self.store.update_task(task_id, {"pid": pid, "queued": False, "launched": iso(now())})
-
-    def _next_in_queue(self, node: str | None) -> None:
-        """A job on `node` ended: start the next queued one there, if any."""
-        with self._lock:
-            self._running[node] = {t for t in self._running[node] if self.runner.running(t)}
-            if not self._queue[node] or (self.jobs_per_node is not None
-                                         and len(self._running[node]) >= self.jobs_per_node):
-                return
-            task_id = self._queue[node].popleft()
-            self._running[node].add(task_id)
-        task = self.store.get_task(task_id)
-        if task and task["status"] == "PENDING":
-            self._launch(task_id, task["playbook"], task["extravars"])
-
-    def finish(self, task_id: str, run: RunResult) -> None:
-        """Apply a finished run to the records, end its task and log it."""
-        task = self.store.get_task(task_id)
-        if task is None or task["status"] != "PENDING":
-            self._release(task_id)
-            return
-        kind = task["kind"]
-        detail = self._apply(task, run)
-        status = "SUCCESS" if run.ok else "FAILURE"
-        result = {"returncode": 0 if run.ok else (run.rc if run.rc not in (None, 0) else 1),
-                  "message": MESSAGES[kind] if run.ok else FAILURES[kind], "detail": detail}
-        self.store.update_task(task_id, {"status": status, "result": result, "finished": iso(now())})
-        self.store.log({"time": iso(now()), "task": task_id, "status": status, "username": task["username"],
-                        "msg": result["message"], "detail": detail, "object_name": task.get("hostname"),
-                        "task_type": task_id.split("-")[0]})
-        self._release(task_id)
-        with self._lock:
-            self._running[task.get("node")].discard(task_id)
-        self._next_in_queue(task.get("node"))
-        if run.ok and kind == "create":
-            self.start_retention(task)
-
-    def start_retention(self, created: dict) -> str | None:
-        """After a successful create: prune that definition's backups to its retention (an automatic job)."""
-        definition = self.store.get_definition(created["vm_uuid"], created["disk_id"], created.get("define") or "")
-        if definition is None or not definition.get("retention"):
-            return None  # deleted definitions leave their backups; 0 keeps all
-        backups = [b for b in self.store.backups(vm_uuid=created["vm_uuid"])
-                   if b["define"] == definition["name"] and b["disk_id"] == definition["disk_id"]]
-        if sum(1 for b in backups if b["status"] == OK) <= definition["retention"]:
-            return None
-        task_id = self.task_id(None, "a")
-        try:
-            self._claim(created["vm_uuid"], created["disk_id"], task_id)
-        except errors.Conflict:
-            self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
-                            "msg": "Retention postponed", "detail": errors.VM_PENDING,
-                            "object_name": created["hostname"], "task_type": "a"})
-            return None
-        vm = self.store.get_vm(created["vm_uuid"])
-        extravars = {"node": definition["node"], "zpool": definition["zpool"], "vm_uuid": created["vm_uuid"],
-                     "disk_id": created["disk_id"], "type": definition["type"], "bkpdef": definition["name"],
-                     "retention": definition["retention"], "hostname": created["hostname"],
-                     "protect": [b["name"] for b in backups if b["status"] != OK]}
+    # -- restore drills -------------------------------------------------------------------------
+    def verify_backup(self, user: dict, original: str, name: str, data: dict, automatic: bool = False) -> str:
+        """Start a restore drill of a backup into scratch space on its backup node (never the VM's disk)."""
+        self.require_admin(user)
+        backup = self.find_backup(user, original, name, data.get("disk_id"))
+        if backup["status"] != OK:
+            raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
+        self.check_node(backup["node"])
+        task_id = self.task_id(user, "a" if automatic else "e")
+        # Never while that disk has another job: a drill reads the source snapshot a backup may be replacing.
+        self.queue.claim([(backup["vm_uuid"], backup["disk_id"])], task_id)
+        vm = self.store.get_vm(backup["vm_uuid"])
+        extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
+                     "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
+                     "hostname": backup["hostname"]}
         if vm:
             extravars["compute_node"] = vm["node"]
-        self._start(task_id, None, "retention", "prune.yml", extravars, vm_uuid=created["vm_uuid"],
-                    hostname=created["hostname"], disk_id=created["disk_id"], bkpname=None,
-                    define=definition["name"], view="vm_backup", method="DELETE")
+        if backup.get("verify_digest"):
+            extravars["expected_digest"] = backup["verify_digest"]
+        self.queue.submit(self._task(task_id, user, VerifyJob, extravars, vm_uuid=backup["vm_uuid"],
+                                     hostname=backup["hostname"], disk_id=backup["disk_id"], bkpname=backup["name"],
+                                     backup_key=[backup["vm_uuid"], backup["disk_id"], backup["name"]],
+                                     define=backup["define"], view="vm_backup_verify", method="PUT"))
         return task_id
 
-    def _apply(self, task: dict, run: RunResult) -> str:
-        kind, vm_uuid, disk_id = task["kind"], task["vm_uuid"], task["disk_id"]
-        if kind == "batch":
-            return self._apply_batch(task, run)
-        if kind == "create":
-            name = task["bkpname"]
-            if run.ok:
-                res = run.result
-                self.store.update_backup(vm_uuid, disk_id, name, made_fields(res))
-                return "name=%s, disk_id=%s" % (name, disk_id)
-            self.store.delete_backups(vm_uuid, disk_id, [name])
-            return run.error or run.status
-        if kind == "restore":
-            b_uuid, b_disk, b_name = task["backup_key"]
-            self.store.update_backup(b_uuid, b_disk, b_name, {"status": OK})
-            if run.ok:
-                return "name=%s, target_hostname=%s, target_disk_id=%s" % (b_name, task["hostname"], disk_id)
-            return run.error or run.status
-        if kind == "retention":
-            destroyed = [n for n in run.result.get("destroyed") or [] if isinstance(n, str)]
-            self.store.delete_backups(vm_uuid, disk_id, destroyed)
-            return "pruned=%s" % ",".join(destroyed) if run.ok else run.error or run.status
-        names = task["bkpname"] if isinstance(task["bkpname"], list) else [task["bkpname"]]
-        if run.ok:
-            self.store.delete_backups(vm_uuid, disk_id, names)
-            return "name=%s, disk_id=%s" % (",".join(names), disk_id)
-        for name in names:
-            self.store.update_backup(vm_uuid, disk_id, name, {"status": OK})
-        return run.error or run.status
+    def drill_candidates(self) -> list[dict]:
+        """Per definition of a VM that exists: its newest OK backup (what a scheduled drill proves)."""
+        newest: dict[tuple, dict] = {}
+        current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions()}
+        for backup in self.store.backups():
+            key = (backup["vm_uuid"], backup["disk_id"], backup["define"])
+            if key in current and backup["status"] == OK and (
+                    key not in newest or (backup.get("created") or "") > (newest[key].get("created") or "")):
+                newest[key] = backup
+        return list(newest.values())
 
-    def _apply_batch(self, task: dict, run: RunResult) -> str:
-        """Each backup of a batch succeeded or failed on its own: keep the made ones, drop the others."""
-        results = run.result.get("backups") or {}
-        made, failed = [], []
-        for item in task["items"]:
-            # The key batch_report (collection/plugins/filter/report.py) gives each backup.
-            res = results.get("%s:%s:%s" % (item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
-            if res.get("ok"):
-                self.store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], made_fields(res))
-                made.append(item)
-            else:
-                self.store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
-                failed.append("%s: %s" % (item["bkpname"], res.get("msg") or run.error or run.status))
-        self._release(task["task_id"])
-        for item in made:
-            self.start_retention(item)
-        if failed:
-            run.status = "failed" if not made else run.status
-        return "made=%d, failed=%d%s" % (len(made), len(failed), ("; " + "; ".join(failed)) if failed else "")
+    # -- sync with the nodes --------------------------------------------------------------------
+    def sync(self, user: dict | None, node: str | None = None) -> str:
+        """Start a sync of the records with what the backup nodes hold (all of them, or one)."""
+        if user is not None:
+            self.require_admin(user)
+        nodes = [{"node": record["name"], "pools": sorted((record.get("pools") or {}).keys())}
+                 for record in self.store.nodes()
+                 if "backup" in record.get("roles", []) and record.get("operational")
+                 and node in (None, record["name"])]
+        if node is not None and not nodes:
+            raise errors.Locked(errors.NODE_NOT_OPERATIONAL)
+        task_id = self.task_id(user, "e" if user else "a")
+        self.queue.submit(self._task(task_id, user, SyncJob, {"sync_nodes": nodes, "node": None}, vm_uuid=None,
+                                     hostname=None, disk_id=None, bkpname=None, view="sync", method="PUT"))
+        return task_id
 
+    # -- tasks --------------------------------------------------------------------------------
     def recover(self) -> int:
         """At start: follow the jobs an earlier process left running, or apply how they ended."""
-        pending = self.store.pending_tasks()
-        for task in pending:
-            with self._lock:
-                for item in task.get("items") or [task]:
-                    self._busy[(item["vm_uuid"], item["disk_id"])] = task["task_id"]
-                if task.get("queued"):
-                    self._queue[task.get("node")].append(task["task_id"])
-                    continue
-                self._running[task.get("node")].add(task["task_id"])
-            self.runner.reattach(task["task_id"], lambda result, t=task["task_id"]: self.finish(t, result))
-        return len(pending)
+        return self.queue.recover()
 
-    # -- tasks ----------------------------------------------------------------------------------
     def visible_task(self, user: dict, task_id: str) -> dict:
         task = self.store.get_task(task_id)
         if task is None or not (user.get("is_admin") or task.get("user_id") == user["id"]):
             raise errors.NotFound(errors.TASK_NOT_FOUND)
         return task
 
+    def pending_task_ids(self, user: dict) -> list[str]:
+        return [t["task_id"] for t in self.store.pending_tasks()
+                if user.get("is_admin") or t.get("user_id") == user["id"]]
+
+    def task_log(self, user: dict) -> list[dict]:
+        entries = [e for e in self.store.task_log() if user.get("is_admin") or e.get("username") == user["username"]]
+        return sorted(entries, key=lambda e: e["time"], reverse=True)
+
+    def task_info(self, user: dict, task_id: str) -> dict:
+        """What a task is, and while it runs its current step and bytes sent."""
+        task = self.visible_task(user, task_id)
+        info = {k: task.get(k) for k in TASK_INFO}
+        info["status"] = task["status"]
+        if task["status"] == "PENDING":
+            info["progress"] = self.runner.progress(task_id)
+        return info
+
+    def task_record(self, task_id: str) -> dict | None:
+        return self.store.get_task(task_id)
+
     def cancel(self, user: dict, task_id: str) -> None:
         task = self.visible_task(user, task_id)
-        if not (user.get("is_admin") or task.get("user_id") == user["id"]):
-            raise errors.PermissionDenied()
         if task["status"] != "PENDING":
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
-        with self._lock:
-            queue = self._queue[task.get("node")]
-            if task_id in queue:
-                queue.remove(task_id)
-                self.finish(task_id, RunResult("canceled", None, {}, "canceled before it started"))
-                return
-        if not self.runner.cancel(task_id):
-            raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
-
-
-# What a backup node reports about a backup goes into later runs (a restore's file_path): checked here.
-REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
-CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def made_fields(res: dict) -> dict:
-    """A made backup's record fields from what its run reported, each checked."""
-    return {"status": OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
-            "file_path": reported_path(res.get("file_path")), "checksum": reported_checksum(res.get("checksum"))}
-
-
-def reported_path(value) -> str | None:
-    if isinstance(value, str) and REPORTED_PATH_RE.fullmatch(value) and ".." not in value.split("/"):
-        return value
-    return None
-
-
-def reported_checksum(value) -> str | None:
-    return value if isinstance(value, str) and CHECKSUM_RE.fullmatch(value) else None
-
-
-def _int(value) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _round(value) -> int | None:
-    try:
-        return int(round(float(value)))
-    except (TypeError, ValueError):
-        return None
+        self.queue.cancel(task)

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Options shared by the modules that reach a second node by ssh."""
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Names and places: what a valid ZFS name is, where backups live, how files are compressed.
 
-Each fact here has no other home; modules, playbooks and the API import it from this file.
+Each fact here has no other home; modules, playbooks and the API import it from this file. Every
+pattern ends in \\Z and is matched with re.fullmatch: `$` would let a trailing newline through. The
+playbooks' copies (playbooks/vars/common.yml) are the same patterns; a test keeps them agreeing.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ import re
 
 # ZFS component names: no leading '-' (it would read as an option), no '..', no shell metacharacters.
 _COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
-DATASET_RE = re.compile(r"^%s(/%s)*$" % (_COMPONENT, _COMPONENT))
-SNAPSHOT_NAME_RE = re.compile(r"^%s$" % _COMPONENT)
-POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+DATASET_RE = re.compile(r"^%s(/%s)*\Z" % (_COMPONENT, _COMPONENT))
+SNAPSHOT_NAME_RE = re.compile(r"^%s\Z" % _COMPONENT)
+POOL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*\Z")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 # A backup definition name as the API allows it, and a backup name made from it.
-DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}$")
-BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-\d{8}_\d{6}$")
+DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}\Z")
+BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-[0-9]{8}_[0-9]{6}\Z")
 BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
 # The compute node's VM disks: <pool>/<uuid>-disk<N> (KVM/bhyve zvols) or <pool>/<uuid> (OS zones).
-DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>\d+))?$")
+DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>[0-9]+))?\Z")
 MAX_NAME = 255
 
 # User properties that vmbackup puts on snapshots; they let backup_info list backups from the nodes.
@@ -43,7 +46,7 @@ def invalid_dataset(name: str) -> str | None:
         return "must be a non-empty string"
     if len(name) > MAX_NAME:
         return "is longer than %d characters" % MAX_NAME
-    if not DATASET_RE.match(name) or ".." in name:
+    if not DATASET_RE.fullmatch(name) or ".." in name:
         return ("'%s' is not a ZFS dataset name: use pool/path components of letters, digits and "
                 "'_.:-', each starting with a letter or digit" % name)
     return None
@@ -53,7 +56,7 @@ def invalid_snapshot_name(name: str) -> str | None:
     """Why `name` is not a snapshot name (the part after '@'), or None."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
-    if len(name) > MAX_NAME or not SNAPSHOT_NAME_RE.match(name) or ".." in name:
+    if len(name) > MAX_NAME or not SNAPSHOT_NAME_RE.fullmatch(name) or ".." in name:
         return ("'%s' is not a snapshot name: use letters, digits and '_.:-', starting with a "
                 "letter or digit" % name)
     return None
@@ -61,14 +64,45 @@ def invalid_snapshot_name(name: str) -> str | None:
 
 def invalid_pool(name: str) -> str | None:
     """Why `name` is not a pool name, or None."""
-    if not isinstance(name, str) or not POOL_RE.match(name) or len(name) > MAX_NAME:
+    if not isinstance(name, str) or not POOL_RE.fullmatch(name) or len(name) > MAX_NAME:
         return "'%s' is not a pool name: start with a letter, then letters, digits or '_.:-'" % name
     return None
 
 
+def invalid_uuid(value: str) -> str | None:
+    """Why `value` is not a VM uuid, or None."""
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+        return "'%s' is not a uuid" % value
+    return None
+
+
+def is_disk_dataset(name: str) -> bool:
+    """Whether `name` is a VM disk in the vmbackup layout (`<pool>/<uuid>-disk<N>` or `<pool>/<uuid>`)."""
+    return isinstance(name, str) and DISK_DATASET_RE.fullmatch(name) is not None
+
+
+def invalid_definition(name: str) -> str | None:
+    """Why `name` is not a backup definition name as the API allows it, or None."""
+    if not isinstance(name, str) or not DEFINITION_RE.fullmatch(name):
+        return "'%s' is not a backup definition name (1-8 letters, digits or '._-')" % name
+    return None
+
+
+def invalid_backup_name(name: str) -> str | None:
+    """Why `name` is not a backup name `<definition>-YYYYMMDD_HHMMSS`, or None."""
+    if not isinstance(name, str) or not BACKUP_NAME_RE.fullmatch(name):
+        return "'%s' is not a backup name (<definition>-YYYYMMDD_HHMMSS)" % name
+    return None
+
+
+def backup_kind(value: str) -> str:
+    """`dataset` or `file`, from the module option that also takes the API's type codes 1 and 2."""
+    return {"1": "dataset", "2": "file"}.get(str(value), value)
+
+
 def disk_of(dataset: str) -> tuple[str, int]:
     """The VM uuid and 0-based disk number of a VM disk dataset (an OS zone's root is disk 0)."""
-    match = DISK_DATASET_RE.match(dataset)
+    match = DISK_DATASET_RE.fullmatch(dataset) if isinstance(dataset, str) else None
     if not match:
         raise ValueError("'%s' is not a VM disk (expected <pool>/<uuid>-disk<N> or <pool>/<uuid>)" % dataset)
     return match.group("uuid").lower(), int(match.group("disk") or 0)
@@ -151,17 +185,16 @@ def compression_of_file(path: str) -> str:
                      % (path, ", ".join(e["ext"] for e in COMPRESSION.values() if e["ext"])))
 
 
-# -- restore, prune and listing ----------------------------------------------------------------
 # send.py keeps a backup dataset whose chain broke aside as `<target>-aside-<time>`; its snapshots
 # are still backups of that disk, so listing, restore and prune look there too.
 DATASET_ASIDE_MARK = "-aside-"
 # A restore keeps the target disk aside as `<target>-restore-<time>` until the new one is complete.
 RESTORE_ASIDE_MARK = "-restore-"
 # `<uuid>-disk<N>` or `<uuid>-disk<N>-aside-<time>`: the leaf of a dataset under <zpool>/backups/ds.
-BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>\d+)(?P<aside>%s.+)?$"
+BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>[0-9]+)(?P<aside>%s.+)?\Z"
                                     % re.escape(DATASET_ASIDE_MARK))
 # `<bkpname>-full.zfs[.ext]`: a file backup, named by file_backup_name().
-BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?$")
+BACKUP_FILE_RE = re.compile(r"^(?P<backup>.+)-full\.zfs(?P<ext>\.[a-z0-9]+)?\Z")
 # Native properties a restore carries over from the old disk to the new one, where set locally, in
 # this order (the size before the reservations that depend on it). User properties (with a colon,
 # such as vmbackup:hostname) are carried over too. volblocksize is fixed at creation: only compared.
@@ -177,7 +210,7 @@ def dataset_backup_root(zpool: str) -> str:
 
 def backup_dataset_leaf(leaf: str) -> tuple[str, int, bool] | None:
     """(vm uuid, 0-based disk, kept aside?) of a dataset under dataset_backup_root(), or None."""
-    match = BACKUP_DATASET_LEAF_RE.match(leaf)
+    match = BACKUP_DATASET_LEAF_RE.fullmatch(leaf)
     if not match:
         return None
     return match.group("uuid").lower(), int(match.group("disk")), match.group("aside") is not None
@@ -185,7 +218,7 @@ def backup_dataset_leaf(leaf: str) -> tuple[str, int, bool] | None:
 
 def backup_of_file(filename: str) -> str | None:
     """The backup name of a file backup's file name (`<bkpname>-full.zfs[.ext]`), or None."""
-    match = BACKUP_FILE_RE.match(filename)
+    match = BACKUP_FILE_RE.fullmatch(filename)
     if not match or not any(e["ext"] == (match.group("ext") or "") for e in COMPRESSION.values()):
         return None
     return match.group("backup")

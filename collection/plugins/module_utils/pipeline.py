@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """A pipeline of argument lists: `zfs send | pv | gzip | tee file | sha256sum` without a shell.
 
 Each stage is its own process; data flows from one to the next through OS pipes and never
@@ -43,8 +44,8 @@ class PipelineError(Exception):
     def __init__(self, pipeline: "Pipeline", failed: Stage):
         self.pipeline = pipeline
         self.failed = failed
-        super().__init__("%s failed (rc=%s): %s" % (failed.label, failed.returncode,
-                                                   failed.stderr.strip() or "no message"))
+        super().__init__("%s failed (rc=%s): %s"
+                         % (failed.label, failed.returncode, failed.stderr.strip() or "no message"))
 
 
 class Pipeline:
@@ -107,7 +108,7 @@ class Pipeline:
                 last_proc.stdout.close()
             if on_progress and watch is not None:
                 self._report(errfiles[watch], on_progress)
-            for stage, proc, err in zip(self.stages, self._procs, errfiles, strict=True):
+            for stage, proc, err in zip(self.stages, self._procs, errfiles):  # noqa: B905 (Python 3.8 on nodes)
                 stage.returncode = proc.wait()
                 err.seek(0)
                 stage.stderr = err.read().decode("utf-8", "replace")

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
-"""One ZFS vocabulary for every module: a node, its datasets and snapshots, and what its ZFS can do.
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A node: the machine the module runs on, or one reached from it by ssh, and what its ZFS can do.
 
-A node is the machine the module runs on, or one reached from it by ssh. Commands are argument
-lists; for ssh each argument is quoted for the remote shell, so no input ever becomes shell syntax.
+Commands are argument lists; for ssh each argument is quoted for the remote shell, so no input ever
+becomes shell syntax. Datasets and snapshots of a node are in dataset.py.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 
 
 class ZfsError(Exception):
@@ -39,22 +38,6 @@ class Features:
     resume: bool = False          # zfs receive -s
     holds: bool = False
     bookmarks: bool = False
-
-
-@dataclass
-class Snapshot:
-    """A snapshot of a dataset, with its guid (same on both sides of a send) and txg order."""
-
-    dataset: str
-    name: str
-    guid: str = ""
-    createtxg: int = 0
-    creation: int = 0
-    properties: dict = field(default_factory=dict)
-
-    @property
-    def full(self) -> str:
-        return "%s@%s" % (self.dataset, self.name)
 
 
 @dataclass
@@ -100,7 +83,7 @@ class Node:
         """Run a command on the node and return its output; raise ZfsError if `check` and it fails."""
         argv = self.argv(args)
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env=dict(os.environ, LC_ALL="C"), timeout=timeout)
+                              env=dict(os.environ, LC_ALL="C"), timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise ZfsError(list(args), proc.returncode, proc.stderr)
         return proc
@@ -135,12 +118,9 @@ class Node:
                 break
         return Features("zfs-fuse", ver)
 
-    # -- datasets -----------------------------------------------------------------------------
+    # -- zfs commands --------------------------------------------------------------------------
     def zfs(self, *args: str) -> str:
         return self.run(["zfs"] + list(args)).stdout
-
-    def exists(self, name: str) -> bool:
-        return self.run(["zfs", "list", "-H", "-o", "name", name], check=False).returncode == 0
 
     def get(self, names: list[str], properties: list[str]) -> dict[str, dict[str, str]]:
         """Exact (parsable) property values: {name: {property: value}}; '-' for unset user props."""
@@ -155,25 +135,6 @@ class Node:
 
     def get_one(self, name: str, prop: str) -> str:
         return self.get([name], [prop])[name].get(prop, "-")
-
-    def children(self, dataset: str) -> list[str]:
-        """The filesystems directly below `dataset`."""
-        out = self.zfs("list", "-H", "-o", "name", "-t", "filesystem,volume", "-d", "1", dataset)
-        return [n for n in out.splitlines() if n != dataset]
-
-    def snapshots(self, dataset: str, properties: tuple[str, ...] = ()) -> list[Snapshot]:
-        """The snapshots of `dataset`, oldest first (by transaction group)."""
-        out = self.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", dataset)
-        names = [n for n in out.splitlines() if n.startswith(dataset + "@")]
-        props = ["guid", "createtxg", "creation"] + list(properties)
-        values = self.get(names, props)
-        snaps = []
-        for full in names:
-            v = values.get(full, {})
-            snaps.append(Snapshot(dataset, full.split("@", 1)[1], v.get("guid", ""),
-                                  int(v.get("createtxg", 0) or 0), int(v.get("creation", 0) or 0),
-                                  {p: v.get(p, "-") for p in properties}))
-        return sorted(snaps, key=lambda s: s.createtxg)
 
     def set(self, name: str, properties: dict[str, str]) -> None:
         """Set properties, one call each where the ZFS takes only one (zfs-fuse)."""
@@ -198,44 +159,6 @@ class Node:
             args += ["-o", "%s=%s" % (k, v)]
         self.zfs(*args, full)
 
-    def destroy(self, name: str, recursive: bool = False) -> None:
-        """Destroy a dataset or snapshot; retried once because zfs-fuse reports a fresh one busy."""
-        args = ["destroy"] + (["-r"] if recursive else []) + [name]
-        try:
-            self.zfs(*args)
-        except ZfsError as err:
-            if "busy" not in err.stderr:
-                raise
-            self.run(["sleep", "1"])
-            self.zfs(*args)
-
-    def rename(self, old: str, new: str) -> None:
-        """Rename a filesystem; zfs-fuse refuses while mounted, so unmount and remount around it."""
-        mounted = "@" not in old and self.get_one(old, "mounted") == "yes"
-        if mounted:
-            self.zfs("unmount", old)
-        try:
-            self.zfs("rename", old, new)
-        except ZfsError:
-            if mounted:
-                self.zfs("mount", old)
-            raise
-        if mounted and self.get_one(new, "mounted") != "yes":
-            self.zfs("mount", new)
-
-    def mountpoint(self, dataset: str) -> str:
-        """Where a filesystem is mounted, mounting it first if it is not."""
-        values = self.get([dataset], ["mountpoint", "mounted"])[dataset]
-        if values.get("mounted") != "yes":
-            self.zfs("mount", dataset)
-        return values["mountpoint"]
-
-    def ensure_filesystem(self, dataset: str) -> str:
-        """Create `dataset` (and parents) if missing and return its mountpoint."""
-        if not self.exists(dataset):
-            self.create(dataset)
-        return self.mountpoint(dataset)
-
 
 def ssh_target_from_params(params: dict, prefix: str) -> SshTarget | None:
     """The SshTarget described by a module's `<prefix>_host`, `_user`, `_port`, `_key` options."""
@@ -256,72 +179,3 @@ def node_argument_spec(prefix: str) -> dict:
         prefix + "_key": {"type": "path", "no_log": False},
         prefix + "_ssh_options": {"type": "list", "elements": "str", "default": []},
     }
-
-
-def check_names(module, datasets: dict | None = None, snapshots: dict | None = None,
-                pools: dict | None = None) -> None:
-    """Fail the module, before any command runs, if a name is not a safe ZFS name."""
-    checks = [(datasets, layout.invalid_dataset), (snapshots, layout.invalid_snapshot_name),
-              (pools, layout.invalid_pool)]
-    for names, invalid in checks:
-        for option, value in (names or {}).items():
-            if value is None:
-                continue
-            problem = invalid(value)
-            if problem:
-                module.fail_json(msg="%s: %s" % (option, problem), option=option)
-
-
-def check_host(module, option: str, value: str | None) -> None:
-    """Refuse a host name that ssh could read as an option."""
-    if value and (value.startswith("-") or any(c.isspace() for c in value)):
-        module.fail_json(msg="%s: '%s' is not a host name" % (option, value), option=option)
-
-
-# -- restore, prune and listing ----------------------------------------------------------------
-import time  # noqa: E402
-
-
-def dataset_exists(node: Node, name: str) -> bool:
-    """Whether `name` exists; raise ZfsError when the node cannot tell (ssh down), never guess False."""
-    proc = node.run(["zfs", "list", "-H", "-o", "name", name], check=False)
-    if proc.returncode == 0:
-        return True
-    if "does not exist" in proc.stderr:
-        return False
-    raise ZfsError(["zfs", "list", "-H", "-o", "name", name], proc.returncode, proc.stderr)
-
-
-def snapshots_below(node: Node, root: str, properties: tuple[str, ...] = ()) -> list[Snapshot]:
-    """Every snapshot of `root` and the datasets below it, oldest first, read with one `zfs get -r`."""
-    props = ["guid", "createtxg", "creation"] + list(properties)
-    out = node.zfs("get", "-Hp", "-r", "-o", "name,property,value", ",".join(props), root)
-    values: dict[str, dict[str, str]] = {}
-    for line in out.splitlines():
-        name, prop, value = line.split("\t", 2)
-        if "@" in name:
-            values.setdefault(name, {})[prop] = value
-    snaps = []
-    for full, v in values.items():
-        dataset, name = full.split("@", 1)
-        snaps.append(Snapshot(dataset, name, v.get("guid", ""), int(v.get("createtxg", 0) or 0),
-                              int(v.get("creation", 0) or 0), {p: v.get(p, "-") for p in properties}))
-    return sorted(snaps, key=lambda s: s.createtxg)
-
-
-def local_properties(node: Node, name: str) -> dict[str, str]:
-    """The properties set on `name` itself (source `local`), exact values: what a copy must be given."""
-    out = node.zfs("get", "-Hp", "-s", "local", "-o", "property,value", "all", name)
-    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
-
-
-def retry_busy(action, attempts: int = 20, delay: float = 0.5):
-    """Call `action()` until zfs stops calling the dataset busy: zfs-fuse does for a while after I/O,
-    a mount or an interrupted receive. Other errors, and the last busy one, are raised."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except ZfsError as err:
-            if "busy" not in err.stderr or attempt == attempts - 1:
-                raise
-            time.sleep(delay)

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -20,7 +21,20 @@ description:
     snapshot without vmbackup properties) is listed with a C(problem) that says what is wrong.
   - Never changes anything.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the node
+  - ZFS on the node (OpenZFS 2.x, illumos or zfs-fuse)
+extends_documentation_fragment:
+  - vmbackup.zfs.attributes.INFO_MODULE
+  - vmbackup.zfs.attributes.FAILURE
+seealso:
+  - module: vmbackup.zfs.send
+    description: Makes the backups listed here.
+  - module: vmbackup.zfs.prune
+    description: Deletes them.
+  - module: vmbackup.zfs.restore
+    description: Restores one into a VM disk.
 options:
   zpool:
     description: The pool on this backup node to list.
@@ -39,8 +53,6 @@ options:
     description: List only dataset (C(dataset) or C(1)) or file (C(file) or C(2)) backups.
     type: str
     choices: [dataset, file, "1", "2"]
-notes:
-  - Supports check mode (it changes nothing either way).
 """
 
 EXAMPLES = r"""
@@ -72,18 +84,23 @@ backups:
     vm_uuid:
       description: The uuid of the VM it was made of.
       type: str
+      sample: 9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a
     hostname:
       description: The VM's hostname at backup time (null if not recorded).
       type: str
+      sample: web01.example.com
     disk_id:
       description: The API's 1-based disk number.
       type: int
+      sample: 1
     disk:
       description: The 0-based disk number, as in C(<vm_uuid>-disk<N>).
       type: int
+      sample: 0
     definition:
       description: The backup definition that made it (null if not recorded).
       type: str
+      sample: daily
     created:
       description: When it was made, ISO 8601 UTC.
       type: str
@@ -92,44 +109,57 @@ backups:
       description: Bytes sent when it was made (dataset backups, from the manifest, else the snapshot's
         C(referenced)), or the file's size.
       type: int
+      sample: 41843149
     type:
       description: C(dataset) or C(file).
       type: str
+      sample: dataset
     path:
       description: The snapshot's full name, or the file's path.
       type: str
+      sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000
     checksum:
       description: sha256 of the file, from its manifest (file backups).
       type: str
+      sample: 9b74c9897bac770ffc029102a200c5de3e5f7a8a1f0c4b5e6a7d8c9b0a1e2f3d
     manifest:
       description: The manifest's path, or null when there is none.
       type: str
+      sample: /backup/backups/manifests/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0/daily-20261128_040000.json
     problem:
       description: What is wrong with it, or null.
       type: str
+      sample: "file without manifest: its checksum cannot be verified"
     dataset:
       description: The backup dataset holding the snapshot (dataset backups).
       type: str
+      sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0
     guid:
       description: The snapshot's guid, the same as the source snapshot it was sent from (dataset backups).
       type: str
+      sample: "11282167598858090038"
     kept_aside:
       description: Whether the snapshot lives in a backup dataset kept aside after a broken chain.
       type: bool
+      sample: false
     compression:
       description: The file's compression (file backups).
       type: str
+      sample: zstd
 count:
   description: The number of backups listed.
   returned: always
   type: int
+  sample: 7
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
-from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError, check_names, dataset_exists
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, listing
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError
 
 
 def wanted(item: dict, p: dict) -> bool:
@@ -156,17 +186,17 @@ def main() -> None:
     node = Node()
     items = []
     try:
-        if not dataset_exists(node, p["zpool"]):
-            module.fail_json(msg="zpool: %s does not exist on this node" % p["zpool"])
+        if not Dataset(node, p["zpool"]).exists():
+            fail(module, "zpool: %s does not exist on this node" % p["zpool"])
         if kind in (None, "dataset"):
-            items += common.dataset_backups(node, p["zpool"])
+            items += listing.dataset_backups(node, p["zpool"])
         if kind in (None, "file"):
-            if dataset_exists(node, layout.file_backup_root(p["zpool"])) and \
-                    common.mounted_at(node, layout.file_backup_root(p["zpool"])) is None:
-                module.warn("%s is not mounted: its file backups are not listed" % layout.file_backup_root(p["zpool"]))
-            items += common.file_backups(node, p["zpool"])
+            root = Dataset(node, layout.file_backup_root(p["zpool"]))
+            if root.exists() and root.mounted_at() is None:
+                module.warn("%s is not mounted: its file backups are not listed" % root)
+            items += listing.file_backups(node, p["zpool"])
     except (ZfsError, OSError) as err:
-        module.fail_json(msg=str(err))
+        fail(module, str(err), err)
     backups = [item for item in items if wanted(item, p)]
     module.exit_json(changed=False, backups=backups, count=len(backups))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -23,9 +24,19 @@ description:
     protected for it. When the compute node cannot be asked, nothing is deleted.
   - Idempotent. Backups already gone are listed in C(absent).
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the backup node (the compute node is only asked by ssh to run C(zfs))
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) to reach the compute node
 extends_documentation_fragment:
+  - vmbackup.zfs.attributes
+  - vmbackup.zfs.attributes.FAILURE
   - vmbackup.zfs.node.SOURCE
+seealso:
+  - module: vmbackup.zfs.backup_info
+    description: Lists the backups this module deletes.
+  - module: vmbackup.zfs.send
+    description: Makes them, and tidies the source's snapshots with I(prune_source).
 options:
   zpool:
     description: The pool on this backup node that holds the backups.
@@ -74,6 +85,7 @@ options:
     type: str
 notes:
   - Check mode returns the same C(destroyed) and C(kept) lists and destroys nothing.
+  - The diff is the disk's backups (of the I(type) asked for) before and after.
 """
 
 EXAMPLES = r"""
@@ -112,45 +124,43 @@ absent:
   returned: always
   type: list
   elements: str
+  sample: [daily-20261001_040000]
 destroyed_datasets:
   description: Backup datasets destroyed because their last snapshot went.
   returned: always
   type: list
   elements: str
+  sample: [backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-aside-20261101T040000]
 removed:
   description: What was removed, in order (snapshots, manifests, files, datasets).
   returned: always
   type: list
   elements: str
-failed_cmd:
-  description: The zfs command that failed, with C(rc) and C(stderr).
-  returned: on failure
-  type: str
+  sample:
+    - backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261001_040000
+    - /backup/backups/manifests/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0/daily-20261001_040000.json
+diff:
+  description: The names of the disk's backups before and after.
+  returned: always
+  type: dict
+  sample: {"before": {"backups": [daily-20261001_040000, daily-20261002_040000]},
+           "after": {"backups": [daily-20261002_040000]}}
 """
 
-import functools
 import os
-import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, listing, retention
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
     Node,
     ZfsError,
-    check_host,
-    check_names,
-    dataset_exists,
     node_argument_spec,
-    retry_busy,
     ssh_target_from_params,
 )
-
-KEEP_RETENTION = "within the newest %d of %s"
-KEEP_PROTECTED = "listed in protect"
-KEEP_BASE = "the newest backup the source also has: the base of the next incremental backup"
-KEEP_NEWEST = "the newest backup of the backup dataset (no source given to compare with): maybe the incremental base"
 
 
 class Prune:
@@ -163,19 +173,19 @@ class Prune:
         self.vm_uuid, self.disk = vm_uuid, disk
         self.kind = {"1": "dataset", "2": "file"}.get(self.p["type"], self.p["type"])
         self.result = {"changed": False, "destroyed": [], "kept": [], "absent": [], "destroyed_datasets": [],
-                       "removed": []}
+                       "removed": [], "diff": {"before": {"backups": []}, "after": {"backups": []}}}
 
     def backups(self) -> list[dict]:
         """This disk's backups of this type, oldest first (orphan manifests last)."""
         if self.kind == "dataset":
-            found = common.dataset_backups(self.local, self.p["zpool"])
+            found = listing.dataset_backups(self.local, self.p["zpool"])
         else:
-            found = common.file_backups(self.local, self.p["zpool"])
+            found = listing.file_backups(self.local, self.p["zpool"])
         return [b for b in found if b["vm_uuid"] == self.vm_uuid and b["disk"] == self.disk]
 
     def protected(self, backups: list[dict]) -> dict[str, str]:
         """{backup name: why it must stay}."""
-        reasons = {name: KEEP_PROTECTED for name in self.p["protect"]}
+        reasons = {name: retention.KEEP_PROTECTED for name in self.p["protect"]}
         if self.kind != "dataset" or not self.p["keep_base"]:
             return reasons  # a file is a full stream: the base of nothing
         main = layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.disk)
@@ -183,75 +193,42 @@ class Prune:
         if not snaps:
             return reasons
         if not self.p["source"]:
-            reasons.setdefault(snaps[-1]["name"], KEEP_NEWEST)
+            reasons.setdefault(snaps[-1]["name"], retention.KEEP_NEWEST)
             return reasons
-        source = Node(ssh_target_from_params(self.p, "source"))
-        if not dataset_exists(source, self.p["source"]):
+        source = Dataset(Node(ssh_target_from_params(self.p, "source")), self.p["source"])
+        if not source.exists():
             return reasons  # the VM disk is gone: no next incremental to protect
-        guids = {s.guid for s in source.snapshots(self.p["source"])}
+        guids = {s.guid for s in source.snapshots()}
         common_snaps = [b for b in snaps if b["guid"] in guids]
         if common_snaps:
-            reasons.setdefault(common_snaps[-1]["name"], KEEP_BASE)
+            reasons.setdefault(common_snaps[-1]["name"], retention.KEEP_BASE)
         return reasons
-
-    def plan(self, backups: list[dict]) -> list[dict]:
-        """The backups to delete, oldest first; fills `kept` and `absent`."""
-        protected = self.protected(backups)
-        doomed: set[int] = set()
-        for name in self.p["backups"]:
-            named = [i for i, b in enumerate(backups) if b["name"] == name]
-            if not named:
-                self.result["absent"].append(name)
-            doomed.update(named)
-        if self.p["keep"]:
-            mine = [i for i, b in enumerate(backups)
-                    if b["definition"] == self.p["definition"] and not self._is_orphan(backups[i])]
-            doomed.update(mine[:-self.p["keep"]])
-            reason = KEEP_RETENTION % (self.p["keep"], self.p["definition"])
-            self.result["kept"] += [{"name": backups[i]["name"], "reason": protected.get(backups[i]["name"], reason)}
-                                    for i in mine[-self.p["keep"]:]]
-        plan = []
-        for i in sorted(doomed):  # the listing's order: oldest first
-            name = backups[i]["name"]
-            if name not in protected:
-                plan.append(backups[i])
-            elif not any(k["name"] == name for k in self.result["kept"]):
-                self.result["kept"].append({"name": name, "reason": protected[name]})
-        return plan
-
-    @staticmethod
-    def _is_orphan(b: dict) -> bool:
-        return b["problem"] is not None and b["problem"].startswith("manifest without")
 
     def run(self) -> None:
         backups = self.backups()
-        plan = self.plan(backups)
-        emptied = self.emptied(backups, plan)
-        self.result["changed"] = bool(plan)
+        plan = retention.plan(backups, self.p["backups"], self.p["keep"] or 0, self.p["definition"],
+                              self.protected(backups))
+        emptied = retention.emptied_datasets(backups, plan.doomed) if self.kind == "dataset" else []
+        before = list(dict.fromkeys(b["name"] for b in backups))
+        self.result.update(changed=bool(plan.doomed), kept=plan.kept, absent=plan.absent, diff={
+            "before": {"backups": before},
+            "after": {"backups": [name for name in before if name not in plan.names]}})
         if self.module.check_mode:
-            self.result.update(destroyed=list(dict.fromkeys(b["name"] for b in plan)), destroyed_datasets=emptied)
+            self.result.update(destroyed=plan.names, destroyed_datasets=emptied)
             return
-        for b in plan:
+        for b in plan.doomed:
             self.delete(b)
             if b["name"] not in self.result["destroyed"]:
                 self.result["destroyed"].append(b["name"])
         for dataset in emptied:
-            retry_busy(functools.partial(self.local.destroy, dataset))
+            Dataset(self.local, dataset).destroy()
             self.result["removed"].append(dataset)
             self.result["destroyed_datasets"].append(dataset)
-
-    def emptied(self, backups: list[dict], plan: list[dict]) -> list[str]:
-        """The backup datasets whose every snapshot is in the plan."""
-        if self.kind != "dataset":
-            return []
-        doomed = {b["path"] for b in plan}
-        left = {b["dataset"] for b in backups if b["dataset"] and b["path"] not in doomed}
-        return sorted({b["dataset"] for b in plan if b["dataset"]} - left)
 
     def delete(self, b: dict) -> None:
         """Delete one backup: the data first, then its manifest (a manifest left alone says the data is lost)."""
         if b["type"] == "dataset" and b["dataset"]:
-            retry_busy(functools.partial(self.local.destroy, b["path"]))
+            Dataset(self.local, b["path"]).destroy()
             self.result["removed"].append(b["path"])
         elif b["type"] == "file" and os.path.exists(b["path"]):
             os.unlink(b["path"])
@@ -295,22 +272,19 @@ def main() -> None:
         try:
             source_uuid, source_disk = layout.disk_of(p["source"])
         except ValueError as err:
-            module.fail_json(msg="source: %s" % err)
+            fail(module, "source: %s" % err)
         vm_uuid = vm_uuid or source_uuid
         disk = source_disk if disk is None else disk
-    if not layout.UUID_RE.match(vm_uuid):
-        module.fail_json(msg="vm_uuid: '%s' is not a uuid" % vm_uuid)
+    check_names(module, uuids={"vm_uuid": vm_uuid})
     if (disk or 0) < 0 or (p["keep"] or 0) < 0:
-        module.fail_json(msg="%s: must be 0 or more" % ("disk" if (disk or 0) < 0 else "keep"))
+        fail(module, "%s: must be 0 or more" % ("disk" if (disk or 0) < 0 else "keep"))
 
     run = Prune(module, vm_uuid.lower(), disk or 0)
     try:
         run.run()
-    except ZfsError as err:
-        module.fail_json(msg=str(err), failed_cmd=shlex.join(err.cmd), rc=err.rc, stderr=err.stderr,
-                         **dict(run.result, changed=bool(run.result["removed"])))
-    except OSError as err:
-        module.fail_json(msg=str(err), **dict(run.result, changed=bool(run.result["removed"])))
+    except (ZfsError, OSError) as err:
+        run.result["changed"] = bool(run.result["removed"])
+        fail(module, str(err), err, **run.result)
     module.exit_json(**run.result)
 
 

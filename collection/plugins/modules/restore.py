@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -27,9 +28,21 @@ description:
     waits up to 60 seconds for it to answer again before it gives up and says where the old disk is.
   - The snapshot that came with the stream is removed from the restored disk, so that it holds no snapshot.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the backup node
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node
+  - On the backup node, C(pv) (progress, I(bwlimit)) or C(mbuffer) (I(bwlimit) only), C(sha256sum), and the
+    decompressor of a file backup
 extends_documentation_fragment:
+  - vmbackup.zfs.attributes
+  - vmbackup.zfs.attributes.FAILURE
   - vmbackup.zfs.node.TARGET
+seealso:
+  - module: vmbackup.zfs.backup_info
+    description: Lists the backups that can be restored.
+  - module: vmbackup.zfs.vm_info
+    description: Finds the target VM's disks, their sizes and snapshots.
 options:
   zpool:
     description: The pool on this backup node that holds the backup.
@@ -87,6 +100,7 @@ notes:
   - The API checks the target VM's state, brand and disk size before it calls this module; stop the VM first.
   - Restoring needs room for the old and the new disk at the same time on the target pool.
   - On zfs-fuse (pool version 23) there are no zvols; volume properties are handled where they exist.
+  - The diff is the target disk's guid and snapshots before and after.
 """
 
 EXAMPLES = r"""
@@ -120,6 +134,7 @@ type:
   description: C(dataset) or C(file).
   returned: always
   type: str
+  sample: dataset
 target:
   description: The VM disk restored into.
   returned: always
@@ -134,6 +149,7 @@ file_path:
   description: The backup file; null for dataset backups.
   returned: always
   type: str
+  sample: /backup/backups/file/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a/disk0/weekly-20261128_040000-full.zfs.zst
 size:
   description: Bytes of the stream received.
   returned: success
@@ -143,16 +159,19 @@ time:
   description: Seconds the transfer took.
   returned: success
   type: float
+  sample: 4.021
 kept_aside:
   description:
     - Where the old disk is kept. Null at the end of a successful restore (it was destroyed) and after a
       failure (it was renamed back); set only when the restore succeeded but the old copy could not be destroyed.
   returned: always
   type: str
+  sample: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-restore-20261128_050000
 checksum_verified:
   description: Whether the backup file's sha256 matched its manifest (false for dataset backups).
   returned: always
   type: bool
+  sample: true
 properties:
   description: The properties of the old disk set on the new one.
   returned: always
@@ -163,71 +182,65 @@ dropped_snapshots:
   returned: always
   type: list
   elements: str
+  sample: [daily-20261127_040000]
 cmd:
   description: The pipeline as a shell line (what ran, or would run in check mode).
   returned: always
   type: str
-stages:
-  description: Each stage's command, exit code and stderr, on failure.
-  returned: on failure
-  type: list
-  elements: dict
-failed_cmd:
-  description: The zfs command that failed, with its C(rc) and C(stderr), when a zfs command (not the stream) failed.
-  returned: on failure
-  type: str
-cleanup:
-  description: What was done to put the target disk back as it was, on failure.
-  returned: on failure
-  type: list
-  elements: str
+  sample: >-
+    zfs send backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000 | pv -n -b -i 1 |
+    zfs receive -u zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0
+diff:
+  description: The target disk's guid and snapshots before and after (the restored disk holds no snapshot).
+  returned: always
+  type: dict
+  sample: {"before": {"disk": "zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0", "guid": "5270349870453413398",
+                      "snapshots": [daily-20261127_040000]},
+           "after": {"disk": "zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0", "guid": null, "snapshots": []}}
 """
 
-import functools
 import os
-import shlex
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
-from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
-from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
-    Node,
-    ZfsError,
-    check_host,
-    check_names,
-    dataset_exists,
-    local_properties,
-    node_argument_spec,
-    retry_busy,
-    ssh_target_from_params,
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, listing, manifest, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
+    Interrupted,
+    JobFailed,
+    fail,
+    ignore_signals,
+    stop_on_signals,
 )
+from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
+from ansible_collections.vmbackup.zfs.plugins.module_utils.transfer import Transfer
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import ZfsError, node_argument_spec
 
 # How long a failed restore waits for a target node it cannot reach (its old disk is aside) to answer again.
 UNDO_WAIT = 60
 
 
-class RestoreFailed(common.JobFailed):
+class RestoreFailed(JobFailed):
     """The restore did not happen."""
 
 
-class Restore:
+class Restore(Transfer):
     """One run of the module: the checks, the swap of the old disk for the new, and the undo if it fails."""
 
+    failed = RestoreFailed
+
     def __init__(self, module: AnsibleModule):
-        self.module = module
-        self.p = p = module.params
-        self.local = Node()
-        self.target = Node(ssh_target_from_params(p, "target"))
+        super().__init__(module, "target")
+        p = self.p
+        self.target = self.peer
         self.disk = p["target"]
-        self.kind = {"1": "dataset", "2": "file"}.get(p["type"], p["type"])
         self.vm_uuid = p["vm_uuid"].lower()
         self.aside = layout.restore_aside_name(self.disk, time.strftime(layout.BACKUP_TIME_FORMAT, time.gmtime()))
-        self.result = {"changed": False, "backup": p["backup"], "type": self.kind, "target": self.disk,
-                       "source": None, "file_path": None, "kept_aside": None, "checksum_verified": False,
-                       "properties": {}, "dropped_snapshots": [], "cmd": ""}
+        self.result.update(backup=p["backup"], type=self.kind, target=self.disk, source=None, file_path=None,
+                           kept_aside=None, checksum_verified=False, properties={}, dropped_snapshots=[],
+                           diff={"before": None, "after": None})
         # What this run did to the target, so that a failure can undo exactly that.
         self._old_guid: str | None = None
         self._old_type: str | None = None
@@ -236,18 +249,19 @@ class Restore:
     # -- checks (nothing changes) ---------------------------------------------------------------
     def check_target(self) -> None:
         """The target disk exists, and has no snapshots unless force; note what it is like."""
-        if not dataset_exists(self.target, self.disk):
-            raise RestoreFailed("target: %s does not exist on %s%s" % (self.disk, self.target.name,
-                                                                      self._leftovers_hint()))
-        values = self.target.get([self.disk], ["guid", "type", "mounted"])[self.disk]
+        disk = Dataset(self.target, self.disk)
+        if not disk.exists():
+            raise RestoreFailed("target: %s does not exist on %s%s"
+                                % (self.disk, self.target.name, self._leftovers_hint()))
+        values = disk.properties(["guid", "type", "mounted"])
         self._old_guid, self._was_mounted = values["guid"], values.get("mounted") == "yes"
         self._old_type = values["type"]
-        children = self.target.children(self.disk)
+        children = disk.children()
         if children:
             # They would be renamed aside with it and destroyed with the old copy (an OS zone's delegated dataset).
             raise RestoreFailed("target: %s has datasets below it (%s) that a restore would destroy; restore "
                                 "them as disks of their own" % (self.disk, ", ".join(children)))
-        all_snaps = self.target.snapshots(self.disk, (layout.PROP_BACKUP,))
+        all_snaps = disk.snapshots((layout.PROP_BACKUP,))
         snaps = [s.name for s in all_snaps]
         # vmbackup's own snapshots (the base of the next incremental) are not the VM's snapshots.
         own = [s.name for s in all_snaps if s.properties.get(layout.PROP_BACKUP, "-") == "-"]
@@ -255,7 +269,9 @@ class Restore:
             raise RestoreFailed("target: %s has %d snapshot(s) (%s); with force=false the restore is refused"
                                 % (self.disk, len(own), ", ".join(own)))
         self.result["dropped_snapshots"] = snaps
-        if dataset_exists(self.target, self.aside):
+        before = {"disk": self.disk, "guid": self._old_guid, "snapshots": snaps}
+        self.result["diff"] = {"before": before, "after": dict(before, guid=None, snapshots=[])}
+        if Dataset(self.target, self.aside).exists():
             raise RestoreFailed("target: %s already exists; another restore is running" % self.aside)
 
     def _leftovers_hint(self) -> str:
@@ -263,7 +279,7 @@ class Restore:
         parent = self.disk.rsplit("/", 1)[0]
         try:
             prefix = self.disk + layout.RESTORE_ASIDE_MARK
-            kept = [c for c in self.target.children(parent) if c.startswith(prefix)]
+            kept = [c for c in Dataset(self.target, parent).children() if c.startswith(prefix)]
         except ZfsError:
             return ""
         if not kept:
@@ -275,9 +291,9 @@ class Restore:
         """The `zfs send` of the backup snapshot, and its expected size."""
         snapshot = "%s@%s" % (layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.p["disk"]),
                               self.p["backup"])
-        if not dataset_exists(self.local, snapshot):
+        if not Dataset(self.local, snapshot).exists():
             # The backup may be named apart from its snapshot, or live in a dataset kept aside.
-            found = [b["path"] for b in common.dataset_backups(self.local, self.p["zpool"])
+            found = [b["path"] for b in listing.dataset_backups(self.local, self.p["zpool"])
                      if b["vm_uuid"] == self.vm_uuid and b["disk"] == self.p["disk"] and b["name"] == self.p["backup"]
                      and b["dataset"]]
             if not found:
@@ -295,8 +311,8 @@ class Restore:
         """The decompression of the backup file, once its checksum matches its manifest."""
         path = self.p["file_path"]
         if not path:
-            mount = common.mounted_at(self.local, layout.file_backup_root(self.p["zpool"]))
-            found = common.find_backup_files(mount, self.vm_uuid, self.p["disk"], self.p["backup"]) if mount else []
+            mount = Dataset(self.local, layout.file_backup_root(self.p["zpool"])).mounted_at()
+            found = listing.find_backup_files(mount, self.vm_uuid, self.p["disk"], self.p["backup"]) if mount else []
             if not found:
                 raise RestoreFailed("backup: %s of %s is not on this node" % (
                     self.p["backup"], layout.disk_leaf(self.vm_uuid, self.p["disk"])))
@@ -311,21 +327,21 @@ class Restore:
             raise RestoreFailed("file_path: %s" % err) from err
         if not os.path.isfile(path):
             raise RestoreFailed("file_path: %s does not exist" % path)
-        manifest = common.read_manifest(layout.file_manifest_path(path))
-        if not manifest or not manifest.get("checksum"):
+        record = manifest.read_manifest(layout.file_manifest_path(path))
+        if not record or not record.get("checksum"):
             raise RestoreFailed("%s has no readable manifest with a checksum (%s): it cannot be verified"
                                 % (path, layout.file_manifest_path(path)))
-        if manifest.get("backup") not in (None, self.p["backup"]):
-            raise RestoreFailed("file_path: %s holds the backup %s, not %s" % (path, manifest["backup"],
-                                                                             self.p["backup"]))
-        checksum = common.sha256_of(path)
-        if checksum != manifest["checksum"]:
+        if record.get("backup") not in (None, self.p["backup"]):
+            raise RestoreFailed("file_path: %s holds the backup %s, not %s"
+                                % (path, record["backup"], self.p["backup"]))
+        checksum = manifest.sha256_of(path)
+        if checksum != record["checksum"]:
             raise RestoreFailed("%s is damaged: its sha256 is %s, its manifest says %s; nothing was changed"
-                                % (path, checksum, manifest["checksum"]), checksum=checksum)
+                                % (path, checksum, record["checksum"]), checksum=checksum)
         self.result["checksum_verified"] = True
-        decompress = common.decompress_stage(compression)
+        decompress = stream.decompress_stage(compression)
         argv = decompress + [path] if decompress else ["cat", path]
-        stream_size = manifest.get("stream_size")
+        stream_size = record.get("stream_size")
         return argv, stream_size if isinstance(stream_size, int) else None
 
     # -- the restore ----------------------------------------------------------------------------
@@ -336,7 +352,7 @@ class Restore:
         else:
             source, total = self.file_source()
         pipeline = Pipeline().add(source, "zfs send" if self.kind == "dataset" else source[0])
-        pipeline.add(common.meter_stage(self.p["bwlimit"]), "meter")
+        pipeline.add(stream.meter_stage(self.p["bwlimit"]), "meter")
         pipeline.add(self.target.argv(["zfs", "receive", "-u", self.disk]), "zfs receive")
         self.result.update(cmd=str(pipeline), changed=True)
         if self.module.check_mode:
@@ -346,21 +362,23 @@ class Restore:
                                       " and its snapshots" if self.result["dropped_snapshots"] else ""))
             return
 
-        properties = {k: v for k, v in local_properties(self.target, self.disk).items()
+        disk = Dataset(self.target, self.disk)
+        properties = {k: v for k, v in disk.local_properties().items()
                       if k in layout.RESTORE_PROPERTIES or ":" in k}
-        old_blocksize = self.target.get_one(self.disk, "volblocksize")
+        old_blocksize = disk.get("volblocksize")
         if self._was_mounted:
-            retry_busy(lambda: self.target.zfs("unmount", self.disk))
+            disk.unmount()
         # Unmounted, it stays unmounted once renamed: the old and the new disk never share a mountpoint.
-        retry_busy(lambda: self.target.rename(self.disk, self.aside))
+        disk.rename(self.aside)
 
         self.transfer(pipeline, total)
-        for snap in self.target.snapshots(self.disk):
-            retry_busy(functools.partial(self.target.destroy, snap.full))  # the one that came with the stream
-        new = self.target.get([self.disk], ["type", "volsize", "volblocksize"])[self.disk]
+        for snap in disk.snapshots():
+            Dataset(self.target, snap.full).destroy()  # the one that came with the stream
+        new = disk.properties(["type", "volsize", "volblocksize", "guid"])
+        self.result["diff"]["after"]["guid"] = new.get("guid")
         if new["type"] != self._old_type:
-            raise RestoreFailed("the backup holds a %s, the target %s was a %s" % (new["type"], self.disk,
-                                                                                  self._old_type))
+            raise RestoreFailed("the backup holds a %s, the target %s was a %s"
+                                % (new["type"], self.disk, self._old_type))
         if new.get("volblocksize", "-") != old_blocksize:
             self.module.warn("volblocksize of %s is %s now (the backup's), it was %s" % (
                 self.disk, new.get("volblocksize"), old_blocksize))
@@ -372,13 +390,13 @@ class Restore:
         for prop in sorted(properties, key=self._property_order):
             self.target.set(self.disk, {prop: properties[prop]})
         self.result["properties"] = properties
-        if self._was_mounted and self.target.get_one(self.disk, "mounted") != "yes":
-            self.target.zfs("mount", self.disk)
+        if self._was_mounted and disk.get("mounted") != "yes":
+            disk.mount()
 
         # Committed: the new disk is complete. Dropping the old copy must not be cut short by a signal.
-        common.ignore_signals()
+        ignore_signals()
         try:
-            retry_busy(lambda: self.target.destroy(self.aside, recursive=True))
+            Dataset(self.target, self.aside).destroy(recursive=True)
         except ZfsError as err:
             self.result["kept_aside"] = self.aside
             self.module.warn("restored, but the old disk kept aside as %s could not be destroyed (%s); "
@@ -391,12 +409,13 @@ class Restore:
         order = layout.RESTORE_PROPERTIES
         return (order.index(prop), prop) if prop in order else (len(order), prop)
 
-    def transfer(self, pipeline: Pipeline, total: int | None) -> None:
-        common.run_stream(pipeline, self.p["progress_file"], total, RestoreFailed)
-        size = common.metered_bytes(pipeline.stage("meter"))
+    def transfer(self, pipeline: Pipeline, total: int | None = None, capture: bool = False) -> Pipeline:
+        super().transfer(pipeline, total, capture)
+        size = stream.metered_bytes(pipeline.stage("meter"))
         if size is None:
             size = int(self.target.get_one(self.disk, "referenced"))
         self.result.update(size=size, time=round(pipeline.seconds, 3))
+        return pipeline
 
     # -- failure --------------------------------------------------------------------------------
     def undo(self) -> list[str]:
@@ -404,39 +423,25 @@ class Restore:
 
         What to do is read from the node, not from flags: a signal may have cut a rename short.
         """
-        common.ignore_signals()  # a second SIGTERM must not leave the disk aside
-        done: list[str] = []
+        ignore_signals()  # a second SIGTERM must not leave the disk aside
         if self._old_guid is None:
-            return done  # refused before anything changed
+            return self.cleanup  # refused before anything changed
         if not self.target.is_local and not self._target_answers(UNDO_WAIT):
-            done.append("FAILED to reach %s within %ds to put %s back; it may be kept aside as %s"
-                        % (self.target.name, UNDO_WAIT, self.disk, self.aside))
-            return done
-
-        def attempt(label: str, action) -> bool:
-            try:
-                action()
-                done.append(label)
-                return True
-            except (ZfsError, OSError) as err:
-                done.append("FAILED to %s: %s" % (label, err))
-                return False
-
+            self.cleanup.append("FAILED to reach %s within %ds to put %s back; it may be kept aside as %s"
+                                % (self.target.name, UNDO_WAIT, self.disk, self.aside))
+            return self.cleanup
+        disk, aside = Dataset(self.target, self.disk), Dataset(self.target, self.aside)
         try:
-            aside = dataset_exists(self.target, self.aside) and \
-                self.target.get_one(self.aside, "guid") == self._old_guid
-            if aside:
-                if dataset_exists(self.target, self.disk):
-                    if not attempt("destroy half-received %s" % self.disk, self._destroy_half_received):
-                        return done
-                attempt("rename %s back to %s" % (self.aside, self.disk),
-                        lambda: retry_busy(lambda: self.target.rename(self.aside, self.disk)))
-            if self._was_mounted and dataset_exists(self.target, self.disk) and \
-                    self.target.get_one(self.disk, "mounted") != "yes":
-                attempt("mount %s" % self.disk, lambda: retry_busy(lambda: self.target.zfs("mount", self.disk)))
+            if aside.exists() and aside.get("guid") == self._old_guid:
+                if disk.exists():
+                    if not self.attempt("destroy half-received %s" % disk, self._destroy_half_received):
+                        return self.cleanup
+                self.attempt("rename %s back to %s" % (aside, disk), lambda: aside.rename(self.disk))
+            if self._was_mounted and disk.exists() and disk.get("mounted") != "yes":
+                self.attempt("mount %s" % disk, disk.mount)
         except ZfsError as err:
-            done.append("FAILED to inspect %s: %s" % (self.disk, err))
-        return done
+            self.cleanup.append("FAILED to inspect %s: %s" % (disk, err))
+        return self.cleanup
 
     def _target_answers(self, wait: float) -> bool:
         """Whether the target node answers, asking again for up to `wait` seconds (a link that flapped)."""
@@ -449,10 +454,11 @@ class Restore:
 
     def _destroy_half_received(self) -> None:
         """A killed `zfs receive` removes its dataset itself, maybe while we look: gone counts as done."""
+        disk = Dataset(self.target, self.disk)
         try:
-            retry_busy(lambda: self.target.destroy(self.disk, recursive=True))
+            disk.destroy(recursive=True)
         except ZfsError:
-            if dataset_exists(self.target, self.disk):
+            if disk.exists():
                 raise
 
 
@@ -475,31 +481,30 @@ def main() -> None:
     check_names(module, datasets={"target": p["target"]}, snapshots={"backup": p["backup"]},
                 pools={"zpool": p["zpool"]})
     check_host(module, "target_host", p["target_host"])
-    if not layout.UUID_RE.match(p["vm_uuid"]):
-        module.fail_json(msg="vm_uuid: '%s' is not a uuid" % p["vm_uuid"])
+    check_names(module, uuids={"vm_uuid": p["vm_uuid"]})
     if p["disk"] < 0:
-        module.fail_json(msg="disk: must be 0 or more (the API's disk_id minus one)")
+        fail(module, "disk: must be 0 or more (the API's disk_id minus one)", option="disk")
     if p["bwlimit"] < 0:
-        module.fail_json(msg="bwlimit: must be 0 (unlimited) or a number of bytes per second")
+        fail(module, "bwlimit: must be 0 (unlimited) or a number of bytes per second", option="bwlimit")
     if "/" not in p["target"]:
-        module.fail_json(msg="target: %s is a pool, not a VM disk" % p["target"])
+        fail(module, "target: %s is a pool, not a VM disk" % p["target"], option="target")
     if not p["target_host"] and (p["target"] + "/").startswith("%s/backups/" % p["zpool"]):
-        module.fail_json(msg="target: %s is inside this node's backups, not a VM disk" % p["target"])
+        fail(module, "target: %s is inside this node's backups, not a VM disk" % p["target"], option="target")
 
-    common.stop_on_signals()
+    stop_on_signals()
     run = Restore(module)
     try:
         run.run()
-    except (RestoreFailed, ZfsError, OSError, RuntimeError, common.Interrupted) as err:
-        extra = dict(getattr(err, "extra", {}))
-        if isinstance(err, ZfsError):
-            extra.update(failed_cmd=shlex.join(err.cmd), rc=err.rc, stderr=err.stderr)
+    except (RestoreFailed, ZfsError, OSError, RuntimeError, Interrupted) as err:
         cleanup = [] if module.check_mode else run.undo()
         still_aside = any(line.startswith("FAILED") for line in cleanup)
-        result = dict(run.result, changed=still_aside, cleanup=cleanup, dropped_snapshots=[],
-                      kept_aside=run.aside if still_aside else None)
-        result.update(extra)
-        module.fail_json(msg=str(err), **result)
+        result = dict(run.result)
+        result.update({"changed": still_aside, "dropped_snapshots": [],
+                       "kept_aside": run.aside if still_aside else None})
+        if not still_aside:
+            result["diff"] = {"before": result["diff"]["before"], "after": result["diff"]["before"]}
+        result.update(getattr(err, "extra", {}))
+        fail(module, str(err), err, cleanup, **result)
     module.exit_json(**run.result)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -25,9 +26,23 @@ description:
   - A failed or interrupted transfer leaves no partial file, no half-received snapshot or dataset, and
     (with I(destroy_snapshot_on_failure)) no new snapshot on the source; the next run starts clean.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the backup node
+  - ZFS on both nodes (OpenZFS 2.x, illumos or zfs-fuse); C(ssh) from the backup node to the compute node
+  - On the backup node, C(pv) (progress, I(bwlimit)) or C(mbuffer) (I(bwlimit) only); the compressor of
+    I(compression); C(sha256sum) or C(openssl) for file backups
 extends_documentation_fragment:
+  - vmbackup.zfs.attributes
+  - vmbackup.zfs.attributes.FAILURE
   - vmbackup.zfs.node.SOURCE
+seealso:
+  - module: vmbackup.zfs.snapshot
+    description: Makes the snapshot this module sends.
+  - module: vmbackup.zfs.prune
+    description: Applies the retention after a backup.
+  - module: vmbackup.zfs.restore
+    description: Restores a backup made by this module.
 options:
   source:
     description: The VM disk on the compute node, C(<pool>/<uuid>-disk<N>) or C(<pool>/<uuid>).
@@ -105,6 +120,7 @@ notes:
   - Check mode says what would be sent (full or incremental, from which base, to where) and runs nothing. A
     I(snapshot) that does not exist yet (a check-mode run of M(vmbackup.zfs.snapshot) only predicts it) is
     planned as the newest snapshot of I(source).
+  - The diff is the disk's backups of this type on this node before and after.
   - On zfs-fuse (pool version 23) only C(zfs send -i/-I/-p/-R/-D) exist; no flags beyond those are used.
 """
 
@@ -140,6 +156,7 @@ type:
   description: C(dataset) or C(file).
   returned: always
   type: str
+  sample: dataset
 source:
   description: The snapshot that was sent.
   returned: always
@@ -154,10 +171,12 @@ incremental:
   description: Whether the stream was incremental.
   returned: always
   type: bool
+  sample: true
 base:
   description: The snapshot name the incremental stream started from, or null for a full one.
   returned: always
   type: str
+  sample: daily-20261127_040000
 size:
   description:
     - Dataset backups, the bytes in the stream as counted by C(pv) (incremental backups, and any with
@@ -170,36 +189,47 @@ time:
   description: Seconds the transfer took.
   returned: success
   type: float
+  sample: 3.512
 file_path:
   description: The backup file; null for dataset backups.
   returned: always
   type: str
+  sample: /backup/backups/file/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a/disk0/weekly-20261128_040000-full.zfs.zst
 checksum:
   description: sha256 of the backup file (hex); null for dataset backups.
   returned: always
   type: str
+  sample: 9b74c9897bac770ffc029102a200c5de3e5f7a8a1f0c4b5e6a7d8c9b0a1e2f3d
 manifest:
   description: Where the manifest was written.
   returned: success
   type: str
+  sample: /backup/backups/manifests/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0/daily-20261128_040000.json
 kept_aside:
   description: The name the old backup dataset was moved to when the chain was broken, else null.
   returned: always
   type: str
+  sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-aside-20261128T040003
 pruned_source:
   description: Source snapshots destroyed by I(prune_source).
   returned: always
   type: list
   elements: str
+  sample: [zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261127_040000]
 cmd:
   description: The pipeline as a shell line (what ran, or would run in check mode).
   returned: always
   type: str
-stages:
-  description: Each stage's command, exit code and stderr, on failure.
-  returned: on failure
-  type: list
-  elements: dict
+  sample: >-
+    ssh -o BatchMode=yes -o ConnectTimeout=10 -p 22 -l root node01 -- 'env LC_ALL=C zfs send
+    zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000' | zfs receive -u
+    backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0
+diff:
+  description: The names of this disk's backups (of this type) on this node before and after.
+  returned: always
+  type: dict
+  sample: {"before": {"backups": [daily-20261127_040000]},
+           "after": {"backups": [daily-20261127_040000, daily-20261128_040000]}}
 """
 
 import os
@@ -207,46 +237,50 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import backup as common
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
-from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
-from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import (
-    Node,
-    Snapshot,
-    ZfsError,
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
     check_host,
+    check_label,
     check_names,
-    dataset_exists,
-    node_argument_spec,
-    ssh_target_from_params,
+    check_path,
 )
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
+    Interrupted,
+    JobFailed,
+    fail,
+    stop_on_signals,
+    utc_now,
+)
+from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
+from ansible_collections.vmbackup.zfs.plugins.module_utils.transfer import Transfer
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import ZfsError, node_argument_spec
 
 
-class SendFailed(common.JobFailed):
+class SendFailed(JobFailed):
     """The backup did not happen."""
 
 
-class Backup:
+class Backup(Transfer):
     """One run of the module: the plan, the transfer, and the cleanup if it fails."""
 
+    failed = SendFailed
+
     def __init__(self, module: AnsibleModule):
-        self.module = module
-        p = module.params
-        self.p = p
-        self.source = Node(ssh_target_from_params(p, "source"))
-        self.local = Node()
+        super().__init__(module, "source")
+        p = self.p
+        self.source = self.peer
         uuid, disk = layout.disk_of(p["source"])
         self.vm_uuid = (p["vm_uuid"] or uuid).lower()
         self.disk = disk
         self.disk_id = p["disk_id"] if p["disk_id"] is not None else disk + 1
-        self.kind = {"1": "dataset", "2": "file"}.get(p["type"], p["type"])
         self.name = p["backup"] or p["snapshot"]
         self.snapshot = "%s@%s" % (p["source"], p["snapshot"])
         self.target_id = p["target_id"] or "%s:%s:%s" % (socket.gethostname(), p["zpool"], self.kind)
-        self.created = common.utc_now()
-        self.result = {"changed": False, "backup": self.name, "type": self.kind, "source": self.snapshot,
-                       "target": None, "incremental": False, "base": None, "file_path": None,
-                       "checksum": None, "kept_aside": None, "pruned_source": [], "cmd": ""}
+        self.created = utc_now()
+        self.result.update(backup=self.name, type=self.kind, source=self.snapshot, target=None, incremental=False,
+                           base=None, file_path=None, checksum=None, kept_aside=None, pruned_source=[],
+                           diff={"before": {"backups": []}, "after": {"backups": []}})
         # What this run made, so that a failure can undo exactly that.
         self._made_dataset: str | None = None
         self._made_snapshot: str | None = None
@@ -255,8 +289,8 @@ class Backup:
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
-        snaps = self.source.snapshots(self.p["source"], (layout.PROP_BACKUP, layout.PROP_TARGET,
-                                                         layout.PROP_DEFINITION))
+        snaps = Dataset(self.source, self.p["source"]).snapshots((layout.PROP_BACKUP, layout.PROP_TARGET,
+                                                                 layout.PROP_DEFINITION))
         by_name = {s.name: s for s in snaps}
         if self.p["snapshot"] in by_name:
             return by_name[self.p["snapshot"]], snaps
@@ -289,10 +323,10 @@ class Backup:
         return None
 
     def properties(self) -> dict:
-        return common.backup_properties(self.name, self.p["definition"], self.vm_uuid, self.p["hostname"],
-                                        self.disk_id, self.created, self.kind)
+        return manifest.backup_properties(self.name, self.p["definition"], self.vm_uuid, self.p["hostname"],
+                                          self.disk_id, self.created, self.kind)
 
-    def manifest(self, snap, extra: dict) -> dict:
+    def record(self, snap, extra: dict) -> dict:
         data = {
             "version": 1, "backup": self.name, "definition": self.p["definition"], "type": self.kind,
             "vm_uuid": self.vm_uuid, "hostname": self.p["hostname"], "disk_id": self.disk_id,
@@ -305,10 +339,6 @@ class Backup:
         data.update(extra)
         return data
 
-    def transfer(self, pipeline: Pipeline, capture: bool = False, total: int | None = None) -> Pipeline:
-        self.result["cmd"] = str(pipeline)
-        return common.run_stream(pipeline, self.p["progress_file"], total, SendFailed, capture)
-
     def mark_and_prune_source(self, snap, snaps) -> None:
         """Tag the sent snapshot with this target; drop older ones sent to the same target.
 
@@ -320,14 +350,14 @@ class Backup:
                 return
             if self.kind == "file":
                 # A file backup is a full stream: its snapshot is the base of nothing.
-                self.source.destroy(snap.full)
+                Dataset(self.source, snap.full).destroy()
                 self.result["pruned_source"].append(snap.full)
             for old in snaps:
                 if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_BACKUP, "-") == "-":
                     continue
                 sent_here = self.kind == "dataset" and old.properties.get(layout.PROP_TARGET) == self.target_id
                 if sent_here or self.left_by_failed_run(old):
-                    self.source.destroy(old.full)
+                    Dataset(self.source, old.full).destroy()
                     self.result["pruned_source"].append(old.full)
         except ZfsError as err:
             self.module.warn("backup made, but the source snapshots were not tidied: %s" % err)
@@ -344,8 +374,9 @@ class Backup:
         target = layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.disk)
         self.result["target"] = target
         base, aside = None, None
-        if self.local.exists(target):
-            received = self.local.snapshots(target)
+        if Dataset(self.local, target).exists():
+            received = Dataset(self.local, target).snapshots()
+            self.diff([r.name for r in received], [r.name for r in received])
             if any(r.guid == snap.guid for r in received):
                 self.result["size"] = 0
                 self.result["msg"] = "%s is already on this node" % self.snapshot
@@ -357,11 +388,13 @@ class Backup:
             else:
                 aside = "%s-aside-%s" % (target, self.created[:19].replace(":", "").replace("-", ""))
         self.result.update(incremental=base is not None, base=base, kept_aside=aside)
+        before = self.result["diff"]["before"]["backups"]
+        self.diff(before, ([] if aside else before) + [self.p["snapshot"]])
 
         pipeline = Pipeline().add(self.send_argv(base), "zfs send")
         # Count the stream's bytes where nothing else can say its size (incremental) or someone watches.
         count = base is not None or bool(self.p["progress_file"])
-        pipeline.add(common.meter_stage(self.p["bwlimit"], count), "meter")
+        pipeline.add(stream.meter_stage(self.p["bwlimit"], count), "meter")
         receive = ["zfs", "receive", "-u"] + (["-F"] if base else []) + [target]
         pipeline.add(receive, "zfs receive")
         self.result["cmd"] = str(pipeline)
@@ -369,12 +402,12 @@ class Backup:
         if self.module.check_mode:
             return
 
-        manifest_mount = self.local.ensure_filesystem(layout.manifest_root(self.p["zpool"]))
+        manifest_mount = Dataset(self.local, layout.manifest_root(self.p["zpool"])).ensure_filesystem()
         parent = target.rsplit("/", 1)[0]
-        if not self.local.exists(parent):
+        if not Dataset(self.local, parent).exists():
             self.local.create(parent, {"canmount": "off"})
         if aside:
-            self.local.rename(target, aside)
+            Dataset(self.local, target).rename(aside)
             self._aside = (target, aside)
         if base is None:
             self._made_dataset = target
@@ -385,12 +418,12 @@ class Backup:
         received = "%s@%s" % (target, self.p["snapshot"])
         self._made_snapshot = received
         self.local.set(received, self.properties())
-        size = common.metered_bytes(pipeline.stage("meter"))
+        size = stream.metered_bytes(pipeline.stage("meter"))
         if size is None:
             size = int(self.local.get_one(received, "referenced"))
         self.result.update(size=size, time=round(pipeline.seconds, 3))
         path = layout.dataset_manifest_path(manifest_mount, self.vm_uuid, self.disk, self.name)
-        common.write_json_atomic(path, self.manifest(snap, {
+        manifest.write_json_atomic(path, self.record(snap, {
             "target": {"dataset": target, "snapshot": received}, "incremental": base is not None,
             "base": base, "size": size, "time": self.result["time"], "send_flags": ["-i"] if base else [],
             "kept_aside": aside}))
@@ -402,37 +435,41 @@ class Backup:
     def run_file(self) -> None:
         snap, snaps = self.source_snapshot()
         compression = layout.compression_name(self.p["compression"])
-        root = layout.file_backup_root(self.p["zpool"])
-        if self.local.exists(root):
-            mount = self.local.mountpoint(root)
+        root = Dataset(self.local, layout.file_backup_root(self.p["zpool"]))
+        if root.exists():
+            mount = root.mountpoint()
         elif self.module.check_mode:
-            mount = "/" + root  # where it will be once created
+            mount = "/" + root.name  # where it will be once created
         else:
-            mount = self.local.ensure_filesystem(root)
+            mount = root.ensure_filesystem()
         folder = layout.file_backup_dir(mount, self.vm_uuid, self.disk)
         path = os.path.join(folder, layout.file_backup_name(self.name, compression))
         manifest_path = layout.file_manifest_path(path)
         self.result.update(target=path, file_path=path)
-        existing = common.read_manifest(manifest_path)
+        before = sorted(b for b in map(layout.backup_of_file, os.listdir(folder) if os.path.isdir(folder) else [])
+                        if b)
+        self.diff(before, before)
+        existing = manifest.read_manifest(manifest_path)
         if os.path.exists(path) and existing and existing.get("checksum"):
             self.result.update(checksum=existing["checksum"], size=os.path.getsize(path),
                                manifest=manifest_path, msg="%s already exists" % path)
             return
 
-        part = "%s%s%d" % (path, common.PART_MARK, os.getpid())
+        self.diff(before, sorted(set(before) | {self.name}))
+        part = "%s%s%d" % (path, manifest.PART_MARK, os.getpid())
         pipeline = Pipeline().add(self.send_argv(None), "zfs send")
         # Always counted: the manifest's stream_size is what a restore later reports progress against.
-        pipeline.add(common.meter_stage(self.p["bwlimit"]), "meter")
-        pipeline.add(common.compress_stage(compression), compression)
-        pipeline.add(common.tee_stage(part), "tee")
-        pipeline.add(common.checksum_stage(), "sha256")
+        pipeline.add(stream.meter_stage(self.p["bwlimit"]), "meter")
+        pipeline.add(stream.compress_stage(compression), compression)
+        pipeline.add(stream.tee_stage(part), "tee")
+        pipeline.add(stream.checksum_stage(), "sha256")
         self.result["cmd"] = str(pipeline)
         self.result["changed"] = True
         if self.module.check_mode:
             return
 
         os.makedirs(folder, exist_ok=True)
-        common.remove_stale_parts(folder)
+        manifest.remove_stale_parts(folder)
         self._part = part
         self.transfer(pipeline, capture=True, total=self.estimate(snap, None))
 
@@ -441,15 +478,15 @@ class Backup:
             os.fsync(handle.fileno())
         os.replace(part, path)
         self._part = None
-        common.fsync_dir(folder)
+        manifest.fsync_dir(folder)
         size = os.path.getsize(path)
         self.result.update(size=size, time=round(pipeline.seconds, 3), checksum=checksum)
         try:
-            common.write_json_atomic(layout.file_manifest_path(path), self.manifest(snap, {
+            manifest.write_json_atomic(layout.file_manifest_path(path), self.record(snap, {
                 "target": {"file": path}, "incremental": False, "base": None, "size": size,
                 "time": self.result["time"], "compression": compression, "checksum": checksum,
                 "checksum_algorithm": "sha256", "send_flags": [],
-                "stream_size": common.metered_bytes(pipeline.stage("meter"))}))
+                "stream_size": stream.metered_bytes(pipeline.stage("meter"))}))
         except OSError:
             os.unlink(path)
             raise
@@ -457,44 +494,39 @@ class Backup:
         self.mark_and_prune_source(snap, snaps)
 
     # -- failure --------------------------------------------------------------------------------
+    def diff(self, before: list[str], after: list[str]) -> None:
+        self.result["diff"] = {"before": {"backups": list(before)}, "after": {"backups": list(after)}}
+
     def undo(self) -> list[str]:
         """Put both nodes back as they were before this run; return what was done."""
-        done: list[str] = []
-
-        def attempt(label: str, action) -> None:
-            try:
-                if action() is not False:
-                    done.append(label)
-            except (ZfsError, OSError) as err:
-                done.append("FAILED to %s: %s" % (label, err))
-
         if self._part and os.path.exists(self._part):
-            attempt("remove partial file %s" % self._part, lambda: os.unlink(self._part))
-        if self._made_dataset and self.local.exists(self._made_dataset):
-            attempt("destroy half-made %s" % self._made_dataset,
-                    lambda: self.local.destroy(self._made_dataset, recursive=True))
-        elif self._made_snapshot and self.local.exists(self._made_snapshot):
-            attempt("destroy half-made %s" % self._made_snapshot, lambda: self.local.destroy(self._made_snapshot))
+            self.attempt("remove partial file %s" % self._part, lambda: os.unlink(self._part))
+        made_dataset = Dataset(self.local, self._made_dataset) if self._made_dataset else None
+        made_snapshot = Dataset(self.local, self._made_snapshot) if self._made_snapshot else None
+        if made_dataset and made_dataset.exists():
+            self.attempt("destroy half-made %s" % made_dataset, lambda: made_dataset.destroy(recursive=True))
+        elif made_snapshot and made_snapshot.exists():
+            self.attempt("destroy half-made %s" % made_snapshot, made_snapshot.destroy)
         if self._aside:
             target, aside = self._aside
-            attempt("move %s back to %s" % (aside, target), lambda: self.local.rename(aside, target))
+            self.attempt("move %s back to %s" % (aside, target), lambda: Dataset(self.local, aside).rename(target))
         if self.p["destroy_snapshot_on_failure"]:
-            attempt("destroy new source snapshot %s" % self.snapshot, self._drop_new_source_snapshot)
-        return done
+            self.attempt("destroy new source snapshot %s" % self.snapshot, self._drop_new_source_snapshot)
+        return self.cleanup
 
     def _drop_new_source_snapshot(self) -> bool:
         """Destroy the source snapshot if vmbackup made it and the backup node does not hold it."""
-        # An unreachable compute node must show up as a failed cleanup, not as "no snapshot there".
-        if not dataset_exists(self.source, self.snapshot):
+        snapshot = Dataset(self.source, self.snapshot)
+        if not snapshot.exists():
             return False
-        values = self.source.get([self.snapshot], ["guid", layout.PROP_BACKUP])[self.snapshot]
+        values = snapshot.properties(["guid", layout.PROP_BACKUP])
         if values.get(layout.PROP_BACKUP, "-") == "-":
             return False
-        target = layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.disk)
-        if self.kind == "dataset" and self.local.exists(target):
-            if any(r.guid == values.get("guid") for r in self.local.snapshots(target)):
+        target = Dataset(self.local, layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.disk))
+        if self.kind == "dataset" and target.exists():
+            if any(r.guid == values.get("guid") for r in target.snapshots()):
                 return False
-        self.source.destroy(self.snapshot)
+        snapshot.destroy()
         return True
 
 
@@ -524,34 +556,32 @@ def main() -> None:
                 snapshots={"snapshot": p["snapshot"], "backup": p["backup"], "definition": p["definition"]},
                 pools={"zpool": p["zpool"]})
     check_host(module, "source_host", p["source_host"])
+    check_path(module, "progress_file", p["progress_file"])
     try:
         layout.disk_of(p["source"])
         layout.compression_name(p["compression"])
     except ValueError as err:
-        module.fail_json(msg="%s: %s" % ("source" if "disk" in str(err) else "compression", err))
-    if p["vm_uuid"] and not layout.UUID_RE.match(p["vm_uuid"]):
-        module.fail_json(msg="vm_uuid: '%s' is not a uuid" % p["vm_uuid"])
+        option = "source" if "disk" in str(err) else "compression"
+        fail(module, "%s: %s" % (option, err), option=option)
+    check_names(module, uuids={"vm_uuid": p["vm_uuid"]})
     if p["bwlimit"] < 0:
-        module.fail_json(msg="bwlimit: must be 0 (unlimited) or a number of bytes per second")
+        fail(module, "bwlimit: must be 0 (unlimited) or a number of bytes per second", option="bwlimit")
     for key in ("hostname", "target_id"):
-        value = p[key]
-        if value and (len(value) > 255 or any(c.isspace() or c in "\"'`$;&|<>\\" for c in value)):
-            module.fail_json(msg="%s: '%s' contains characters not allowed in a name" % (key, value))
+        check_label(module, key, p[key])
 
-    common.stop_on_signals()
+    stop_on_signals()
     run = Backup(module)
     try:
         if run.kind == "dataset":
             run.run_dataset()
         else:
             run.run_file()
-    except (SendFailed, ZfsError, OSError, RuntimeError, common.Interrupted) as err:
-        if module.check_mode:
-            module.fail_json(msg=str(err), **run.result)
-        extra = getattr(err, "extra", {})
-        cleanup = run.undo()
-        run.result["changed"] = False
-        module.fail_json(msg=str(err), cleanup=cleanup, **dict(run.result, **extra))
+    except (SendFailed, ZfsError, OSError, RuntimeError, Interrupted) as err:
+        cleanup = [] if module.check_mode else run.undo()
+        result = dict(run.result)
+        result["changed"] = False
+        result.update(getattr(err, "extra", {}))
+        fail(module, str(err), err, cleanup, **result)
     module.exit_json(**run.result)
 
 

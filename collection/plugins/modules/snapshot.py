@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -18,7 +19,18 @@ description:
     reported in C(fsfreeze) and as a warning; the snapshot is still made.
   - Names are checked before any command runs.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the node
+  - ZFS on the node (OpenZFS 2.x, illumos or zfs-fuse)
+extends_documentation_fragment:
+  - vmbackup.zfs.attributes
+  - vmbackup.zfs.attributes.FAILURE
+seealso:
+  - module: vmbackup.zfs.send
+    description: Sends the snapshot to a backup node.
+  - module: vmbackup.zfs.vm_info
+    description: Finds the VM disks and their guest agent sockets.
 options:
   dataset:
     description: The VM disk, for example C(zones/<uuid>-disk0) (a zvol) or C(zones/<uuid>) (an OS zone).
@@ -52,7 +64,7 @@ options:
     default: 10
 notes:
   - Check mode reports what would change without touching the node.
-  - Works with OpenZFS 2.x, illumos and zfs-fuse.
+  - The diff is the snapshot and its vmbackup properties before and after.
 """
 
 EXAMPLES = r"""
@@ -93,31 +105,40 @@ created:
   description: Whether this run created the snapshot.
   returned: always
   type: bool
+  sample: true
 destroyed:
   description: Whether this run destroyed the snapshot.
   returned: always
   type: bool
+  sample: false
 properties:
   description: The user properties set by this run.
   returned: always
   type: dict
+  sample: {"vmbackup:backup": "daily-20261128_040000", "vmbackup:define": "daily"}
 fsfreeze:
   description: What happened to the freeze; C(frozen) is true when the guest agent froze filesystems.
   returned: when fsfreeze is true
   type: dict
   sample: {"frozen": true, "filesystems": 2, "thawed": true, "msg": ""}
-cmd:
-  description: The zfs command that failed.
-  returned: on failure
-  type: str
+diff:
+  description: The snapshot before and after (null where it does not exist), with the properties asked for.
+  returned: always
+  type: dict
+  sample:
+    before: null
+    after:
+      snapshot: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000
+      properties: {"vmbackup:backup": "daily-20261128_040000"}
 """
-
-import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
 from ansible_collections.vmbackup.zfs.plugins.module_utils.qga import GuestAgent, GuestAgentError
-from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError, check_names
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError
 
 
 def freeze_and_snapshot(node: Node, full: str, properties: dict, socket_path: str, timeout: float) -> dict:
@@ -167,26 +188,30 @@ def main() -> None:
     properties = {str(k): str(v) for k, v in p["properties"].items()}
     for key in properties:
         if ":" not in key or key.startswith("-") or any(c.isspace() or c == "=" for c in key):
-            module.fail_json(msg="properties: '%s' is not a user property name (it needs a colon, e.g. "
-                                 "vmbackup:backup)" % key, option="properties")
+            fail(module, "properties: '%s' is not a user property name (it needs a colon, e.g. "
+                         "vmbackup:backup)" % key, option="properties")
 
     node = Node()
     full = "%s@%s" % (p["dataset"], p["name"])
+    snapshot = Dataset(node, full)
     result = {"changed": False, "snapshot": full, "guid": "", "created": False, "destroyed": False,
-              "properties": {}}
+              "properties": {}, "diff": {"before": None, "after": None}}
     try:
-        if not node.exists(p["dataset"]):
-            module.fail_json(msg="dataset: %s does not exist on this node" % p["dataset"], **result)
-        exists = node.exists(full)
+        if not Dataset(node, p["dataset"]).exists():
+            fail(module, "dataset: %s does not exist on this node" % p["dataset"], **result)
+        exists = snapshot.exists()
+        current = snapshot.properties(["guid"] + list(properties)) if exists else {}
+        before = {"snapshot": full, "properties": {k: current.get(k, "-") for k in properties}} if exists else None
+        result["diff"] = {"before": before, "after": before}
         if p["state"] == "absent":
             if exists:
-                result.update(changed=True, destroyed=True)
+                result.update(changed=True, destroyed=True, diff={"before": before, "after": None})
                 if not module.check_mode:
-                    node.destroy(full)
+                    snapshot.destroy()
             module.exit_json(**result)
 
+        result["diff"]["after"] = {"snapshot": full, "properties": dict(properties)}
         if exists:
-            current = node.get([full], ["guid"] + list(properties))[full]
             result["guid"] = current.get("guid", "")
             different = {k: v for k, v in properties.items() if current.get(k) != v}
             if different:
@@ -204,9 +229,9 @@ def main() -> None:
                 module.warn(result["fsfreeze"]["msg"])
         else:
             node.snapshot(full, properties)
-        result["guid"] = node.get_one(full, "guid")
+        result["guid"] = snapshot.get("guid")
     except ZfsError as err:
-        module.fail_json(msg=str(err), cmd=shlex.join(err.cmd), rc=err.rc, stderr=err.stderr, **result)
+        fail(module, str(err), err, **result)
     module.exit_json(**result)
 
 

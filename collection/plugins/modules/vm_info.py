@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Copyright: vmbackup developers
-# Apache License 2.0 (see LICENSE)
+# Copyright (c) 2026, vmbackup developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -22,7 +23,18 @@ description:
   - Snapshots made by vmbackup (they carry C(vmbackup:backup)) are counted apart from the others, so
     that a restore with C(force=false) only refuses disks that have snapshots of their own.
 version_added: "0.1.0"
-author: vmbackup developers
+author: vmbackup developers (@vmbackup)
+requirements:
+  - Python 3.8 or newer on the node
+  - One of SmartOS C(vmadm), libvirt C(virsh), or ZFS datasets in the vmbackup layout on the node
+extends_documentation_fragment:
+  - vmbackup.zfs.attributes.INFO_MODULE
+  - vmbackup.zfs.attributes.FAILURE
+seealso:
+  - module: vmbackup.zfs.snapshot
+    description: Snapshots the disks listed here.
+  - module: vmbackup.zfs.restore
+    description: Restores a backup into one of them.
 options:
   backend:
     description:
@@ -54,7 +66,6 @@ options:
     type: str
     default: zfs
 notes:
-  - Read-only; check mode runs the same queries.
   - Disk datasets that do not follow C(<pool>/<uuid>-disk<N>) (libvirt zvols with other names, bhyve's
     C(<pool>/<uuid>/disk<N>)) are listed as they are; the backup modules expect the vmbackup layout.
 """
@@ -87,21 +98,27 @@ vms:
     uuid:
       description: The VM's uuid (lower case).
       type: str
+      sample: 9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a
     hostname:
       description: The VM's hostname (SmartOS C(hostname) or C(alias), libvirt domain name), else its uuid.
       type: str
+      sample: web01.lab
     brand:
       description: C(kvm), C(bhyve), C(joyent), C(lx), ...
       type: str
+      sample: kvm
     state:
       description: C(running), C(stopped), or the hypervisor's own word for other states.
       type: str
+      sample: stopped
     installed:
       description: False while the VM is still being provisioned or received.
       type: bool
+      sample: true
     qga_socket:
       description: The QEMU guest agent socket for fsfreeze, where the backend knows it; else null.
       type: str
+      sample: /zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a/root/tmp/vm.qga
     disks:
       description: The VM's disks in order.
       type: list
@@ -110,18 +127,23 @@ vms:
         disk_id:
           description: 1-based disk number, as the API counts.
           type: int
+          sample: 1
         dataset:
           description: The ZFS dataset (zvol or filesystem) of the disk.
           type: str
+          sample: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0
         size:
           description: Size in bytes (volsize, or quota for filesystems, else referenced); null if unknown.
           type: int
+          sample: 268435456
         snapshots:
           description: Snapshots of the disk not made by vmbackup; null if ZFS could not be asked.
           type: int
+          sample: 0
         backup_snapshots:
           description: Snapshots of the disk made by vmbackup (the bases of incremental backups).
           type: int
+          sample: 1
   sample:
     - uuid: 9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a
       hostname: web01.lab
@@ -132,10 +154,6 @@ vms:
       disks:
         - {disk_id: 1, dataset: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0, size: 268435456,
            snapshots: 0, backup_snapshots: 1}
-cmd:
-  description: The command that failed.
-  returned: on failure
-  type: str
 """
 
 import json
@@ -143,11 +161,12 @@ import os
 import shlex
 import shutil
 import subprocess
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -168,7 +187,7 @@ class CommandFailed(Exception):
 
 def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env=dict(os.environ, LC_ALL="C"))
+                          env=dict(os.environ, LC_ALL="C"), check=False)
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr)
     return proc
@@ -249,7 +268,7 @@ def guest_agent_socket(domain) -> str | None:
 
 def domblk_capacity(text: str) -> int | None:
     for line in text.splitlines():
-        key, _, value = line.partition(":")
+        key, dummy, value = line.partition(":")
         if key.strip() == "Capacity" and value.strip().isdigit():
             return int(value.strip())
     return None
@@ -271,7 +290,7 @@ def zfs_vms(zfs: str, pools: list[str] | None) -> list[dict]:
     if not pools:
         return []
     out = run([zfs, "list", "-H", "-o", "name", "-t", "filesystem,volume", "-d", "1"] + pools).stdout
-    names = [n for n in out.splitlines() if layout.DISK_DATASET_RE.match(n)]
+    names = [n for n in out.splitlines() if layout.is_disk_dataset(n)]
     if not names:
         return []
     values: dict[str, dict[str, str]] = {n: {} for n in names}
@@ -311,7 +330,7 @@ def count_snapshots(zfs: str, vms: list[dict]) -> None:
                check=False)
     counts: dict[str, list[int]] = {}
     for line in proc.stdout.splitlines():
-        name, _, backup = line.partition("\t")
+        name, dummy, backup = line.partition("\t")
         dataset = name.split("@", 1)[0]
         entry = counts.setdefault(dataset, [0, 0])
         entry[1 if backup.strip() not in ("", "-") else 0] += 1
@@ -349,9 +368,9 @@ def main() -> None:
     for pool in p["pools"] or []:
         problem = layout.invalid_pool(pool)
         if problem:
-            module.fail_json(msg="pools: %s" % problem, option="pools")
+            fail(module, "pools: %s" % problem, option="pools")
     if p["virsh_uri"] and (p["virsh_uri"].startswith("-") or any(c.isspace() for c in p["virsh_uri"])):
-        module.fail_json(msg="virsh_uri: '%s' is not a libvirt URI" % p["virsh_uri"], option="virsh_uri")
+        fail(module, "virsh_uri: '%s' is not a libvirt URI" % p["virsh_uri"], option="virsh_uri")
     virsh = [p["virsh_command"]] + (["-c", p["virsh_uri"]] if p["virsh_uri"] else [])
 
     backend = pick_backend(p, virsh)
@@ -364,9 +383,9 @@ def main() -> None:
             vms = zfs_vms(p["zfs_command"], p["pools"])
         count_snapshots(p["zfs_command"], vms)
     except CommandFailed as err:
-        module.fail_json(msg=str(err), cmd=err.cmd, rc=err.rc, stderr=err.stderr, backend=backend)
+        fail(module, str(err), err, backend=backend)
     except (OSError, ValueError, KeyError, ElementTree.ParseError) as err:
-        module.fail_json(msg="%s backend: cannot read the node's VMs: %s" % (backend, err), backend=backend)
+        fail(module, "%s backend: cannot read the node's VMs: %s" % (backend, err), backend=backend)
     if p["vm"]:
         wanted = p["vm"].lower()
         vms = [vm for vm in vms if vm["uuid"] == wanted or vm["hostname"].lower() == wanted]

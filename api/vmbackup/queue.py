@@ -1,0 +1,151 @@
+"""The job queue: which VM disks are claimed by which job, how many jobs run per backup node, the jobs
+waiting for a free slot, and what happens when a run ends (its job's records applied, its task ended
+and logged). It alone talks to the runner; after a restart it follows the runs an earlier process left.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from vmbackup import errors, jobs
+from vmbackup.clock import iso, now
+from vmbackup.events import Events
+from vmbackup.runner import Runner, RunResult
+from vmbackup.store import Store
+
+log = logging.getLogger("vmbackup.queue")
+Disk = tuple  # (vm uuid, disk_id)
+
+
+class JobQueue:
+    """Claims, per-node limits, launching, finishing, recovery and cancel of jobs."""
+
+    def __init__(self, store: Store, runner: Runner, jobs_per_node: int | None = None,
+                 events: Events | None = None):
+        self.store = store
+        self.runner = runner
+        self.events = events or Events()
+        self.jobs_per_node = jobs_per_node  # None: no limit; else jobs beyond it wait
+        self._busy: dict[Disk, str] = {}     # VM disk -> task id of the job on it
+        self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
+        self._waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._lock = threading.RLock()
+
+    # -- claims ---------------------------------------------------------------------------------
+    def busy(self, disk: Disk) -> str | None:
+        with self._lock:
+            return self._busy.get(tuple(disk))
+
+    def claim(self, disks: list[Disk], task_id: str) -> None:
+        """Claim every disk for `task_id`, or none (409 if one has a job)."""
+        with self._lock:
+            if any(tuple(d) in self._busy for d in disks):
+                raise errors.Conflict(errors.VM_PENDING)
+            for disk in disks:
+                self._busy[tuple(disk)] = task_id
+
+    def release(self, task_id: str, disks: list[Disk] | None = None) -> None:
+        """Free the disks of `task_id` (all of them, or those given)."""
+        with self._lock:
+            for disk, owner in list(self._busy.items()):
+                if owner == task_id and (disks is None or disk in {tuple(d) for d in disks}):
+                    del self._busy[disk]
+
+    # -- running --------------------------------------------------------------------------------
+    def submit(self, task: dict) -> None:
+        """Record the task and start its run, or queue it while its backup node has no free slot."""
+        node = task.get("node")
+        with self._lock:
+            queued = self.jobs_per_node is not None and len(self._running[node]) >= self.jobs_per_node
+            task["queued"] = queued
+            self.store.insert_task(task)
+            if queued:
+                self._waiting[node].append(task["task_id"])
+                return
+            self._running[node].add(task["task_id"])
+        self._launch(task)
+
+    def _launch(self, task: dict) -> None:
+        task_id = task["task_id"]
+        extravars = dict(task["extravars"], vmbackup_progress_file=self.runner.progress_file(task_id))
+        try:
+            pid = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
+        except OSError as err:
+            self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
+            return
+        self.store.update_task(task_id, {"pid": pid, "queued": False, "launched": iso(now())})
+
+    def _next(self, node: str | None) -> None:
+        """A job on `node` ended: start the next waiting one there, if any."""
+        with self._lock:
+            self._running[node] = {t for t in self._running[node] if self.runner.running(t)}
+            if not self._waiting[node] or (self.jobs_per_node is not None
+                                           and len(self._running[node]) >= self.jobs_per_node):
+                return
+            task_id = self._waiting[node].popleft()
+            self._running[node].add(task_id)
+        task = self.store.get_task(task_id)
+        if task and task["status"] == "PENDING":
+            self._launch(task)
+
+    def finish(self, task_id: str, run: RunResult) -> None:
+        """Apply a finished run to the records, end its task and log it."""
+        task = self.store.get_task(task_id)
+        if task is None or task["status"] != "PENDING":
+            self.release(task_id)
+            return
+        job = jobs.for_task(task)
+        try:
+            outcome = job.apply(self.store, task, run)
+        except Exception as err:  # a bug in applying must still end the task and free its disks
+            log.exception("applying the result of %s failed", task_id)
+            outcome = jobs.Outcome(False, "the result could not be applied: %s" % err)
+        status = "SUCCESS" if outcome.ok else "FAILURE"
+        result = {"returncode": 0 if outcome.ok else (run.rc if run.rc not in (None, 0) else 1),
+                  "message": job.message(task, outcome.ok), "detail": outcome.detail}
+        self.store.update_task(task_id, {"status": status, "result": result, "finished": iso(now())})
+        self.store.log({"time": iso(now()), "task": task_id, "status": status, "username": task["username"],
+                        "msg": result["message"], "detail": outcome.detail, "object_name": task.get("hostname"),
+                        "task_type": task_id.split("-")[0]})
+        self.release(task_id)
+        with self._lock:
+            self._running[task.get("node")].discard(task_id)
+        self._next(task.get("node"))
+        # Listeners (alerts, metrics) hear of every ended job, and of what it found (a sync's LOST backups).
+        self.events.emit("job_ended", task=dict(task, status=status, result=result), ok=outcome.ok,
+                         **outcome.facts)
+
+    def recover(self) -> int:
+        """At start: claim the disks of pending jobs and follow their runs (or queue them again)."""
+        pending = self.store.pending_tasks()
+        for task in pending:
+            with self._lock:
+                for disk in jobs.for_task(task).disks(task):
+                    self._busy[tuple(disk)] = task["task_id"]
+                if task.get("queued"):
+                    self._waiting[task.get("node")].append(task["task_id"])
+                    continue
+                self._running[task.get("node")].add(task["task_id"])
+            self.runner.reattach(task["task_id"], lambda run, t=task["task_id"]: self.finish(t, run))
+        return len(pending)
+
+    def cancel(self, task: dict) -> None:
+        """Stop a job: a waiting one ends at once; a running one is signalled (406 if it cannot be)."""
+        task_id = task["task_id"]
+        with self._lock:
+            waiting = self._waiting[task.get("node")]
+            if task_id in waiting:
+                waiting.remove(task_id)
+                self.finish(task_id, RunResult("canceled", None, {}, "canceled before it started"))
+                return
+        if not self.runner.cancel(task_id):
+            raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs running and waiting per backup node."""
+        with self._lock:
+            nodes = set(self._running) | set(self._waiting)
+            return {node: {"running": len(self._running[node]), "queued": len(self._waiting[node])}
+                    for node in nodes if node is not None}
