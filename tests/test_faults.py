@@ -25,8 +25,8 @@ from vmbackup.lab import LabVM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-BWLIMIT = 2_000_000  # bytes/s: 16 MiB take 8 s, time enough to cut the link midway
-DATA_MB = 16
+BWLIMIT = 2_000_000  # bytes/s: 10 MiB take 5 s, time enough to cut the link midway
+DATA_MB = 10
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veths and zfs-fuse need root")
 
@@ -78,7 +78,7 @@ def backup_state(node, vm: LabVM) -> dict:
     return state
 
 
-def cut_midway(node, run: Run, progress: str, at_bytes: int = 3 << 20, down_for: float | None = None) -> str:
+def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for: float | None = None) -> str:
     """Once `at_bytes` went through the stream, set the node's link down (and up again after `down_for`)."""
     deadline = time.monotonic() + 90
     while True:
@@ -186,7 +186,7 @@ def test_compute_zfs_killed_mid_send(netlab, progress):
     before = backup_state(backup, vm)
     run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="crash", bwlimit=BWLIMIT)
     deadline = time.monotonic() + 90
-    while not (os.path.exists(progress) and json.load(open(progress))["bytes"] >= 3 << 20):
+    while not (os.path.exists(progress) and json.load(open(progress))["bytes"] >= 2 << 20):
         assert run.proc.poll() is None and time.monotonic() < deadline, run.wait()[1][-4000:]
         time.sleep(0.2)
     compute.kill_zfs()
