@@ -286,7 +286,8 @@ class NetNode:
 
     def link_is_up(self) -> bool:
         out = labmod.run(["ip", "-o", "link", "show", self.veth], check=False).stdout
-        return "state UP" in out or ("<" in out and ",UP" in out.split(">")[0])
+        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+        return "UP" in flags
 
     # -- VMs ----------------------------------------------------------------------------------
     def create_vm(self, vm: LabVM, data_mb: int = 16) -> list[str]:
