@@ -101,8 +101,8 @@ options:
       - After a successful dataset backup, destroy the older vmbackup snapshots on the source that were
         sent to this same target (I(target_id)); the one just sent stays as the base of the next
         incremental. After a file backup (a full stream, the base of nothing), destroy the snapshot sent.
-      - Also destroy older snapshots of the same I(definition) that were sent nowhere: a run that failed
-        while the compute node was unreachable could not drop its snapshot then.
+      - Also destroy older snapshots of the same I(definition) that were sent nowhere, left by a run that
+        failed while the compute node was unreachable (it could not drop its snapshot then).
       - Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
     type: bool
     default: false
