@@ -258,7 +258,8 @@ def test_a_node_that_stops_answering_is_423_within_one_discovery(netlab):
         with open(log) as handle:
             handle.seek(seen)
             said = [line for line in handle if "node %s:" % compute.name in line]
-        assert said and "NOT operational" in said[0], said  # the first discovery after the cut knew
+        # Known by the first discovery that started after the cut (one already under way may finish first).
+        assert any("NOT operational" in line for line in said[:2]), said
         compute.link(True)
         back = until("c", 423, 60)
         assert back.status == 201, back.body
