@@ -82,3 +82,17 @@ def dataset_checksums(dataset: str) -> dict[str, str]:
     finally:
         if not mounted:
             zfs("unmount", dataset)
+
+
+@pytest.fixture(scope="session")
+def netlab():
+    """Separate nodes `compute1` and `backup1`, each in its own namespaces with its own zfs-fuse, sshd and pool
+    `zones`, on a bridge and subnet of this run's own; removed at the end."""
+    from vmbackup.netlab import NetLab
+    the_lab = NetLab(directory="/var/tmp/vmbackup-netlab-%s" % TAG, prefix="nl%d" % (os.getpid() % 10**7),
+                     subnet="10.78.%d" % (os.getpid() % 250 + 1),
+                     nodes=[("compute1", "compute"), ("backup1", "backup")], pool_size="1G")
+    the_lab.up(vms=[])
+    yield the_lab
+    if not os.environ.get("VMBACKUP_TEST_KEEP"):
+        the_lab.down()

@@ -1,6 +1,7 @@
 """The `vmbackup` command: the lab, the service, users, and the API client in the `es` syntax.
 
   vmbackup lab up|down|status           the local zfs-fuse lab
+  vmbackup netlab up|down|status        a lab of separate nodes (namespaces, own zfs-fuse and sshd each)
   vmbackup serve                        the REST API
   vmbackup user add NAME [--admin]      a user (password on stdin)
   vmbackup discover                     ask the nodes for pools and VMs
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -33,6 +35,24 @@ def lab_command(args: argparse.Namespace) -> int:
         lab.down()
     else:
         print(lab.status())
+    return 0
+
+
+def netlab_command(args: argparse.Namespace) -> int:
+    from vmbackup import netlab
+    # What up was given earlier (kept in DIR) holds unless given again.
+    the_lab = netlab.NetLab.load(args.dir)
+    given = {"prefix": args.prefix, "subnet": args.subnet, "pool": args.pool, "pool_size": args.size,
+             "nodes": netlab.parse_nodes(args.node) if args.node else None}
+    if args.action == "up":
+        the_lab = dataclasses.replace(the_lab, **{k: v for k, v in given.items() if v is not None})
+        the_lab.up(data_mb=args.data_mb)
+        print(the_lab.status())
+        return 0
+    if args.action == "down":
+        the_lab.down()
+    else:
+        print(the_lab.status())
     return 0
 
 
@@ -166,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM disk (default: 16)")
     lab.add_argument("--install", action="store_true", help="apt-get install the lab's packages first")
     lab.set_defaults(func=lab_command)
+
+    netlab = sub.add_parser("netlab", help="a lab of separate nodes: own network and mount namespace, zfs-fuse, sshd",
+                            description="Create (up), show (status) or remove (down) a lab whose nodes are reached "
+                            "by address and ssh only; the inventory is written to DIR/hosts.yml. Idempotent; down "
+                            "and status use the settings up kept in DIR.")
+    netlab.add_argument("action", choices=["up", "down", "status"])
+    netlab.add_argument("--dir", default="/var/tmp/vmbackup-netlab", help="the lab's folder (default: %(default)s)")
+    netlab.add_argument("--node", action="append", metavar="ROLE:NAME",
+                        help="a node, ROLE compute or backup; repeat (default: compute:netlab-compute "
+                             "backup:netlab-backup)")
+    netlab.add_argument("--prefix", help="names of namespaces, bridge and links (default: vbnl)")
+    netlab.add_argument("--subnet", help="the nodes' /24; this host is .1 (default: 10.77.0)")
+    netlab.add_argument("--pool", help="the pool every node has (default: zones)")
+    netlab.add_argument("--size", help="size of each pool file (default: 1G)")
+    netlab.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM disk (default: 16)")
+    netlab.set_defaults(func=netlab_command)
 
     from vmbackup import server as server_defaults
     from vmbackup.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY

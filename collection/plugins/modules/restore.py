@@ -24,7 +24,8 @@ description:
     as C(vmbackup:hostname)) are set on the new one; it is mounted if the old one was. Only then is the old
     copy destroyed, with its snapshots.
   - Any failure, SIGTERM included, destroys the half-received disk and renames the old copy back, untouched
-    (same guid, same snapshots, same data).
+    (same guid, same snapshots, same data). When the target node cannot be reached (a cut link), the module
+    waits up to 60 seconds for it to answer again before it gives up and says where the old disk is.
   - The snapshot that came with the stream is removed from the restored disk, so that it holds no snapshot.
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
@@ -216,6 +217,9 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
 from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
 from ansible_collections.vmbackup.zfs.plugins.module_utils.transfer import Transfer
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import ZfsError, node_argument_spec
+
+# How long a failed restore waits for a target node it cannot reach (its old disk is aside) to answer again.
+UNDO_WAIT = 60
 
 
 class RestoreFailed(JobFailed):
@@ -422,6 +426,10 @@ class Restore(Transfer):
         ignore_signals()  # a second SIGTERM must not leave the disk aside
         if self._old_guid is None:
             return self.cleanup  # refused before anything changed
+        if not self.target.is_local and not self._target_answers(UNDO_WAIT):
+            self.cleanup.append("FAILED to reach %s within %ds to put %s back; it may be kept aside as %s"
+                                % (self.target.name, UNDO_WAIT, self.disk, self.aside))
+            return self.cleanup
         disk, aside = Dataset(self.target, self.disk), Dataset(self.target, self.aside)
         try:
             if aside.exists() and aside.get("guid") == self._old_guid:
@@ -434,6 +442,15 @@ class Restore(Transfer):
         except ZfsError as err:
             self.cleanup.append("FAILED to inspect %s: %s" % (disk, err))
         return self.cleanup
+
+    def _target_answers(self, wait: float) -> bool:
+        """Whether the target node answers, asking again for up to `wait` seconds (a link that flapped)."""
+        deadline = time.monotonic() + wait
+        while self.target.run(["true"], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2)
+        return True
 
     def _destroy_half_received(self) -> None:
         """A killed `zfs receive` removes its dataset itself, maybe while we look: gone counts as done."""

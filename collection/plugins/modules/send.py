@@ -101,7 +101,9 @@ options:
       - After a successful dataset backup, destroy the older vmbackup snapshots on the source that were
         sent to this same target (I(target_id)); the one just sent stays as the base of the next
         incremental. After a file backup (a full stream, the base of nothing), destroy the snapshot sent.
-        Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
+      - Also destroy older snapshots of the same I(definition) that were sent nowhere, left by a run that
+        failed while the compute node was unreachable (it could not drop its snapshot then).
+      - Snapshots sent to other targets, and snapshots not made by vmbackup, are never touched.
     type: bool
     default: false
   progress_file:
@@ -287,7 +289,8 @@ class Backup(Transfer):
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
-        snaps = Dataset(self.source, self.p["source"]).snapshots((layout.PROP_BACKUP, layout.PROP_TARGET))
+        snaps = Dataset(self.source, self.p["source"]).snapshots((layout.PROP_BACKUP, layout.PROP_TARGET,
+                                                                 layout.PROP_DEFINITION))
         by_name = {s.name: s for s in snaps}
         if self.p["snapshot"] in by_name:
             return by_name[self.p["snapshot"]], snaps
@@ -349,16 +352,21 @@ class Backup(Transfer):
                 # A file backup is a full stream: its snapshot is the base of nothing.
                 Dataset(self.source, snap.full).destroy()
                 self.result["pruned_source"].append(snap.full)
-                return
             for old in snaps:
-                if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_TARGET) != self.target_id:
+                if old.createtxg >= snap.createtxg or old.properties.get(layout.PROP_BACKUP, "-") == "-":
                     continue
-                if old.properties.get(layout.PROP_BACKUP, "-") == "-":
-                    continue
-                Dataset(self.source, old.full).destroy()
-                self.result["pruned_source"].append(old.full)
+                sent_here = self.kind == "dataset" and old.properties.get(layout.PROP_TARGET) == self.target_id
+                if sent_here or self.left_by_failed_run(old):
+                    Dataset(self.source, old.full).destroy()
+                    self.result["pruned_source"].append(old.full)
         except ZfsError as err:
             self.module.warn("backup made, but the source snapshots were not tidied: %s" % err)
+
+    def left_by_failed_run(self, old) -> bool:
+        """An older snapshot of this definition that went nowhere: a run failed before it could drop it
+        (the compute node was unreachable, or its ZFS down, when that run cleaned up)."""
+        return bool(self.p["definition"]) and old.properties.get(layout.PROP_TARGET, "-") == "-" and \
+            old.properties.get(layout.PROP_DEFINITION) == self.p["definition"]
 
     # -- dataset backups ------------------------------------------------------------------------
     def run_dataset(self) -> None:

@@ -1,0 +1,269 @@
+"""Faults on a lab of separate nodes, through the playbooks run for real over ssh: a link cut during a full, an
+incremental and a file backup and during a restore, the compute node's zfs-fuse killed mid-send, and a node that
+stops answering the API's discovery.
+
+What must hold after each: no partial file, no half-received dataset or extra snapshot on the backup node, the
+target of a restore byte-identical, and the next backup succeeds (incremental where a base exists). A snapshot
+the failed run could not drop from an unreachable compute node is dropped by the next backup of its definition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from api_env import ADMIN, ApiEnv
+
+from vmbackup.lab import LabVM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+BWLIMIT = 2_000_000  # bytes/s: 10 MiB take 5 s, time enough to cut the link midway
+DATA_MB = 10
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veths and zfs-fuse need root")
+
+
+class Run:
+    """An ansible-playbook run in the background, its output in a file."""
+
+    def __init__(self, netlab, playbook: str, progress: str | None = None, **extra):
+        extra.setdefault("node", netlab.node("backup").name)
+        if progress:
+            extra["vmbackup_progress_file"] = progress
+        self.log = os.path.join(netlab.directory, "run-%s.log" % uuid.uuid4().hex[:8])
+        with open(self.log, "w") as handle:
+            self.proc = subprocess.Popen(
+                [os.path.join(BIN, "ansible-playbook"), "-i", netlab.inventory,
+                 os.path.join(ROOT, "playbooks", playbook), "-e", json.dumps(extra)],
+                cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_NOCOLOR="1"))
+
+    def wait(self, timeout: float = 180) -> tuple[int, str]:
+        rc = self.proc.wait(timeout)
+        with open(self.log) as handle:
+            return rc, handle.read()
+
+
+def playbook(netlab, name: str, **extra) -> str:
+    rc, out = Run(netlab, name, **extra).wait()
+    assert rc == 0, out[-4000:]
+    return out
+
+
+def new_vm(node, data_mb: int = DATA_MB) -> LabVM:
+    vm = LabVM(str(uuid.uuid4()), "f%s.lab" % uuid.uuid4().hex[:6], size_mb=128)
+    node.create_vm(vm, data_mb)
+    return vm
+
+
+def snapshots(node, dataset: str) -> list[str]:
+    out = node.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", dataset)
+    return [line.split("@", 1)[1] for line in out.splitlines()]
+
+
+def backup_state(node, vm: LabVM) -> dict:
+    """All the backup node holds of a VM: datasets and snapshots, and files (backups, manifests, parts)."""
+    names = node.zfs("list", "-H", "-o", "name", "-t", "all", "-r", node.pools[0]).splitlines()
+    files = node.run(["find", node.path("mnt"), "-path", "*%s*" % vm.uuid]).stdout.split()
+    state = {"datasets": sorted(n for n in names if vm.uuid in n), "files": sorted(files)}
+    assert not [n for n in names if "%" in n], names  # no half-received (%recv) dataset, of any VM
+    return state
+
+
+def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for: float | None = None) -> str:
+    """Once `at_bytes` went through the stream, set the node's link down (and up again after `down_for`)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with open(progress) as handle:
+                if json.load(handle)["bytes"] >= at_bytes:
+                    break
+        except (OSError, ValueError):
+            pass
+        assert run.proc.poll() is None, run.wait()[1][-4000:]
+        assert time.monotonic() < deadline, "the stream did not start"
+        time.sleep(0.2)
+    node.link(False)
+    try:
+        if down_for is not None:
+            time.sleep(down_for)
+            node.link(True)
+        rc, out = run.wait(120)
+    finally:
+        node.link(True)
+    assert rc != 0, out[-4000:]
+    return out
+
+
+def said(out: str) -> str:
+    """What the playbook's last task said it did."""
+    return out.rsplit("TASK [Say what was done]", 1)[-1]
+
+
+@pytest.fixture
+def progress(netlab):
+    path = os.path.join(netlab.directory, "progress-%s.json" % uuid.uuid4().hex[:8])
+    yield path
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def test_link_cut_during_a_full_send(netlab, progress):
+    compute, backup = netlab.node("compute"), netlab.node("backup")
+    vm = new_vm(compute)
+    disk = vm.disk(compute.pools[0], 0)
+    before = backup_state(backup, vm)
+    run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="full", bwlimit=BWLIMIT)
+    out = cut_midway(compute, run, progress)
+    assert "transfer failed" in out, out[-4000:]
+    assert backup_state(backup, vm) == before  # nothing received, no manifest
+    # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
+    left = snapshots(compute, disk)
+    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
+
+    out = playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="full")
+    assert "as a full backup" in said(out), out[-3000:]
+    newest = snapshots(compute, disk)
+    assert len(newest) == 1 and newest[0] not in left  # the failed run's snapshot went with the next backup
+    target = "%s/backups/ds/%s-disk0" % (backup.pools[0], vm.uuid)
+    assert snapshots(backup, target) == newest
+
+
+def test_link_cut_during_an_incremental_send(netlab, progress):
+    compute, backup = netlab.node("compute"), netlab.node("backup")
+    vm = new_vm(compute, data_mb=1)
+    disk = vm.disk(compute.pools[0], 0)
+    playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="incr")
+    base = snapshots(compute, disk)
+    compute.write_data(disk, "more.bin", DATA_MB)
+    before = backup_state(backup, vm)
+    run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="incr", bwlimit=BWLIMIT)
+    out = cut_midway(compute, run, progress)
+    assert "transfer failed" in out, out[-4000:]
+    assert backup_state(backup, vm) == before  # the backup dataset has its one snapshot, nothing more
+    left = snapshots(compute, disk)
+    assert left == base or "FAILED to destroy new source snapshot" in out, out[-4000:]
+
+    out = playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="incr")
+    assert "as an incremental backup from @%s" % base[0] in said(out), out[-3000:]
+    newest = snapshots(compute, disk)
+    assert len(newest) == 1 and newest[0] not in left + base
+
+
+def test_link_cut_during_a_file_backup(netlab, progress):
+    compute, backup = netlab.node("compute"), netlab.node("backup")
+    vm = new_vm(compute)
+    disk = vm.disk(compute.pools[0], 0)
+    run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="file", type=2, compression="zstd",
+              bwlimit=BWLIMIT)
+    out = cut_midway(compute, run, progress)
+    assert "transfer failed" in out, out[-4000:]
+    after = backup_state(backup, vm)
+    assert not [f for f in after["files"] if f.endswith((".zst", ".json")) or ".part-" in f], after
+    left = snapshots(compute, disk)
+    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
+
+    out = playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="file", type=2, compression="zstd")
+    assert "as a file backup" in said(out), out[-3000:]
+    assert snapshots(compute, disk) == []  # a file backup keeps no snapshot; the failed run's went too
+    files = backup_state(backup, vm)["files"]
+    assert len([f for f in files if f.endswith("-full.zfs.zst")]) == 1, files
+
+
+def test_compute_zfs_killed_mid_send(netlab, progress):
+    compute, backup = netlab.node("compute"), netlab.node("backup")
+    vm = new_vm(compute)
+    disk = vm.disk(compute.pools[0], 0)
+    sums = compute.checksums(disk)
+    before = backup_state(backup, vm)
+    run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="crash", bwlimit=BWLIMIT)
+    deadline = time.monotonic() + 90
+    while not (os.path.exists(progress) and json.load(open(progress))["bytes"] >= 2 << 20):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.wait()[1][-4000:]
+        time.sleep(0.2)
+    compute.kill_zfs()
+    rc, out = run.wait(120)
+    assert rc != 0 and "transfer failed" in out, out[-4000:]
+    compute.start_zfs()  # imports its pools from its own zpool.cache
+    assert compute.exists(disk) and compute.checksums(disk) == sums
+    assert backup_state(backup, vm) == before
+    left = snapshots(compute, disk)
+    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
+
+    out = playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="crash")
+    assert "as a full backup" in said(out), out[-3000:]
+    newest = snapshots(compute, disk)
+    assert len(newest) == 1 and newest[0] not in left
+
+
+def test_link_cut_during_a_restore_leaves_the_target_disk_as_it_was(netlab, progress):
+    compute = netlab.node("compute")
+    vm = new_vm(compute)
+    disk = vm.disk(compute.pools[0], 0)
+    playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="rst")
+    bkpname = snapshots(compute, disk)[0]
+    compute.write_data(disk, "after-the-backup.bin", 2)  # what a finished restore would take away
+    sums = compute.checksums(disk)
+    datasets = [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split() if vm.uuid in n]
+    run = Run(netlab, "restore.yml", progress, hostname=vm.hostname, bkpname=bkpname,
+              target_hostname=vm.hostname, target_disk_id=1, bwlimit=BWLIMIT)
+    # Down long enough for the stream to fail; back within the time the restore waits to put the disk back.
+    out = cut_midway(compute, run, progress, down_for=15)
+    assert "transfer failed" in out and "back to %s" % disk in out, out[-4000:]
+    assert compute.checksums(disk) == sums
+    assert [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split() if vm.uuid in n] == datasets
+
+
+def test_a_node_that_stops_answering_is_423_within_one_discovery(netlab):
+    compute = netlab.node("compute")
+    vm = new_vm(compute, data_mb=1)
+    data_dir = os.path.join(netlab.directory, "api-%s" % uuid.uuid4().hex[:6])
+    os.makedirs(data_dir, mode=0o700)
+    env = ApiEnv(SimpleNamespace(backup_pool=netlab.pool), data_dir, netlab.inventory,
+                 serve_args=["--discover-every", "3", "--no-scheduler"])
+    env.add_user(*ADMIN, admin=True)
+    env.start()
+
+    def define(name: str):
+        return client.post("vm/%s/define/backup/%s" % (vm.hostname, name), node=netlab.node("backup").name,
+                           zpool=netlab.pool, schedule="0 4 * * *", retention=1)
+
+    def until(name: str, unwanted: int, timeout: float):
+        """Ask for new definitions (name0, name1, ...) until the answer is not `unwanted`."""
+        deadline = time.monotonic() + timeout
+        for n in range(1000):
+            response = define("%s%d" % (name, n))
+            if response.status != unwanted:
+                return response
+            assert time.monotonic() < deadline, open(os.path.join(data_dir, "serve.log")).read()[-3000:]
+            time.sleep(0.5)
+
+    try:
+        client = env.client()
+        first = until("a", 404, 60)  # once discovered
+        assert first.status == 201, first.body
+        log = os.path.join(data_dir, "serve.log")
+        seen = os.path.getsize(log)
+        compute.link(False)
+        dead = until("b", 201, 60)
+        assert dead.status == 423 and dead.body == {"detail": "Node is not operational"}, dead.body
+        with open(log) as handle:
+            handle.seek(seen)
+            said = [line for line in handle if "node %s:" % compute.name in line]
+        # Known by the first discovery that started after the cut (one already under way may finish first).
+        assert any("NOT operational" in line for line in said[:2]), said
+        compute.link(True)
+        back = until("c", 423, 60)
+        assert back.status == 201, back.body
+    finally:
+        compute.link(True)
+        env.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
