@@ -129,6 +129,14 @@ def seed(store: Store, lab: Lab, vm: LabVM, node: str = "tc", snapshots: int = 0
                      "installed": True, "locked": False, **extra})
 
 
+def seed_nodes(store: Store, lab: Lab) -> None:
+    """Compute node `tc` and backup node `tb` as discovery records them: operational, with their pools."""
+    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
+                       "pools": {lab.compute_pool: {"free": 10**10}}})
+    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
+                       "pools": {lab.backup_pool: {"free": 10**10}}})
+
+
 def new_env(lab: Lab) -> ApiEnv:
     data_dir = tempfile.mkdtemp(prefix="vmbackup-api-", dir="/var/tmp")
     env = ApiEnv(lab, data_dir, os.path.join(data_dir, "hosts.yml"))

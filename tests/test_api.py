@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from api_env import ADMIN, OWNER, make_vm, new_env, seed
+from api_env import ADMIN, OWNER, make_vm, new_env, seed, seed_nodes
 from conftest import dataset_checksums, snapshots, zfs
 
 from vmbackup.client import Client
@@ -22,10 +22,7 @@ from vmbackup.store import Store
 def env(lab):
     env = new_env(lab)
     store = Store(env.data_dir)
-    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
-                       "pools": {lab.compute_pool: {"free": 10**10}}})
-    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
-                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     store.upsert_node({"name": "dead", "roles": ["compute"], "operational": False, "pools": {}})
     store.upsert_node({"name": "deadb", "roles": ["backup"], "operational": False, "pools": {"zones": {}}})
     vms = {

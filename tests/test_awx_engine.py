@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from ansible_run import ENV
-from api_env import ADMIN, make_vm, new_env, seed
+from api_env import ADMIN, make_vm, new_env, seed, seed_nodes
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 from awx_standin import StandIn  # noqa: E402
@@ -24,10 +24,7 @@ def awx_env(lab, token_file_text: str):
     with open(token_file, "w") as handle:
         handle.write(token_file_text)
     store = Store(env.data_dir)
-    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
-                       "pools": {lab.compute_pool: {"free": 10**10}}})
-    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
-                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     env.vms = {"a": make_vm(lab, "awx")}
     seed(store, lab, env.vms["a"])
     del store

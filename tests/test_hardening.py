@@ -20,7 +20,7 @@ import time
 import uuid as uuidlib
 
 import pytest
-from api_env import ADMIN, BIN, make_vm, new_env, seed, write_inventory
+from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes, write_inventory
 
 from vmbackup import auth as authmod
 from vmbackup import errors, unsafe
@@ -103,8 +103,7 @@ def service_for(lab, data_dir: str) -> Service:
     inventory = os.path.join(data_dir, "hosts.yml")
     write_inventory(inventory, lab)
     store = Store(data_dir)
-    for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
-        store.upsert_node({"name": name, "roles": roles, "operational": True, "pools": {pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     return Service(store, Runner(os.path.join(data_dir, "runs"), inventory))
 
 
@@ -202,10 +201,7 @@ def test_each_field_a_node_reports_is_checked(field, value):
 def env(lab):
     env = new_env(lab)
     store = Store(env.data_dir)
-    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
-                       "pools": {lab.compute_pool: {"free": 10**10}}})
-    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
-                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     store.upsert_node({"name": "tb2", "roles": ["backup"], "operational": False, "pools": None})
     env.vms = {"a": make_vm(lab, "harda"), "twin1": make_vm(lab, "twin"), "twin2": make_vm(lab, "twin")}
     for key, vm in env.vms.items():

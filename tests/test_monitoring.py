@@ -20,7 +20,7 @@ import time
 import uuid as uuidlib
 
 import pytest
-from api_env import ADMIN, BIN, OWNER, free_port, make_vm, new_env, seed
+from api_env import ADMIN, BIN, OWNER, free_port, make_vm, new_env, seed, seed_nodes
 from conftest import destroy
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,10 +90,7 @@ def receiver():
 def env(lab, receiver):
     env = new_env(lab)
     store = Store(env.data_dir)
-    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
-                       "pools": {lab.compute_pool: {"free": 10**10}}})
-    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
-                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     # "ghost" is recorded with a disk whose dataset does not exist: its backups fail for real.
     ghost = LabVM(str(uuidlib.uuid4()), "ghost-%s.lab" % uuidlib.uuid4().hex[:4])
     env.vms = {"mon": make_vm(lab, "mon"), "own": make_vm(lab, "own"), "ghost": ghost}

@@ -15,7 +15,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from api_env import ADMIN, BIN, make_vm, new_env, seed
+from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes
 
 from vmbackup.store import Store
 
@@ -26,10 +26,7 @@ SERVER_ERRORS = ("ST101", "ST102")
 def env(lab):
     env = new_env(lab)
     store = Store(env.data_dir)
-    store.upsert_node({"name": "tc", "roles": ["compute"], "operational": True,
-                       "pools": {lab.compute_pool: {"free": 10**10}}})
-    store.upsert_node({"name": "tb", "roles": ["backup"], "operational": True,
-                       "pools": {lab.backup_pool: {"free": 10**10}}})
+    seed_nodes(store, lab)
     seed(store, lab, make_vm(lab, "fuzz"))
     del store
     env.admin_key = env.add_user(*ADMIN, admin=True)
