@@ -4,12 +4,16 @@ on the backup node, compares its content with the source, and leaves nothing beh
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import pytest
 from ansible_run import dumps, run_module
 from conftest import destroy, exists, snapshots, zfs
 from playbook_env import BACKUP, COMPUTE, Run, lab_inventory
 from test_send import backup, take_snapshot, target_of
+from test_send_failures import parent_of, pids_of
 
 from vmbackup.lab import Lab, LabVM
 
@@ -168,6 +172,34 @@ def test_a_wrong_expected_digest_and_no_reference_at_all_fail(lab, vm):
     res = drill(lab, vm)
     assert res.failed and res["reason"].startswith("nothing to compare the content with"), dumps(res)
     assert res["digest"] and scratch_left(lab) == []
+
+
+@pytest.mark.parametrize("stage", ["zfs receive", "tar"])
+def test_sigterm_midway_destroys_the_scratch_and_fails(lab, vm, stage):
+    assert not backup(lab, vm, NAME).failed
+    outcome = {}
+    args = {"zpool": lab.backup_pool, "backup": NAME, "vm_uuid": vm.uuid, "expected_digest": "ab" * 32,
+            "bwlimit": 2 * 2**20}  # 8 MiB: some 4 s of receive, then some 4 s of hashing
+    worker = threading.Thread(target=lambda: outcome.update(res=run_module("vmbackup.zfs.verify", args)))
+    worker.start()
+    pattern = ("zfs receive -u %s/backups/verify/" if stage == "zfs receive" else "tar -C .*%s/backups/verify/") \
+        % lab.backup_pool
+    deadline, found = time.monotonic() + 60, []
+    while not found and time.monotonic() < deadline:
+        found = pids_of(pattern)
+        time.sleep(0.1)
+    assert found, "the %s stage never started" % stage
+    time.sleep(1)
+    assert scratch_left(lab)  # the scratch dataset was there...
+    os.kill(parent_of(found[0]), signal.SIGTERM)
+    worker.join(120)
+    res = outcome["res"]
+    assert res.failed and res["outcome"] == "failed" and "signal %d" % signal.SIGTERM in res["reason"], dumps(res)
+    # a killed `zfs receive` removes its half-received dataset itself, maybe before the module looks
+    assert res["cleanup"] in ([], ["destroy scratch %s" % res["scratch"]]) if stage == "zfs receive" \
+        else res["cleanup"] == ["destroy scratch %s" % res["scratch"]], dumps(res)
+    assert scratch_left(lab) == []  # ...and is gone
+    assert snapshots(target_of(lab, vm)) == [NAME]
 
 
 def test_bad_options_are_refused_before_anything_runs(lab, vm):

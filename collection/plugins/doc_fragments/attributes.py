@@ -56,7 +56,7 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Check mode finds the backup and says what the drill would run; it reads no data and makes no scratch dataset.
+    details: Check mode finds the backup and says what the drill would run; it reads no data, makes no scratch.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: N/A

@@ -101,7 +101,7 @@ options:
     description: While the backup is received, keep a JSON file here with C(bytes) so far and the expected C(total).
     type: path
 notes:
-  - Check mode plans only: it finds the backup and says what would be received where and how it would be
+  - Check mode plans only; it finds the backup and says what would be received where and how it would be
     hashed; it reads no data and makes no scratch dataset.
   - Without I(source_digest) and I(expected_digest) there is nothing to compare the content with, and the drill
     fails with that reason (its C(digest) is returned all the same).
@@ -153,8 +153,9 @@ reason:
   description: Why the drill failed (several reasons joined by C(; )), or what it compared when it passed.
   returned: always
   type: str
-  sample: "content differs from the source snapshot zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000
-    on node01: the restored data's sha256 is 5d41..., the source's 7c21..."
+  sample: >-
+    content differs from the source snapshot zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000
+    on node01: the restored data's sha256 is 5d41..., the source's 7c21...
 backup:
   description: The backup's name.
   returned: always
@@ -342,7 +343,8 @@ class Drill(Transfer):
             drop_stale(self.local, parent, origin_prefix=disk + "@")
             kind, where = self.scratch.clone_of(snapshot).readable()
         self.result["digest"] = self.digest(kind, where)
-        self.result.update(ok=True, cmd=self.result["digest_cmd"], msg="%s: sha256 %s" % (snapshot, self.result["digest"]))
+        self.result.update(ok=True, cmd=self.result["digest_cmd"],
+                           msg="%s: sha256 %s" % (snapshot, self.result["digest"]))
 
     # -- the drill ------------------------------------------------------------------------------
     def locate(self) -> tuple[list[str], int | None, dict | None]:
@@ -464,7 +466,8 @@ def main() -> None:
     p = module.params
     for key in ("source_digest", "expected_digest"):
         p[key] = p[key].strip().lower() if isinstance(p[key], str) and p[key].strip() else None
-    check_names(module, datasets={"source": p["source"]}, snapshots={"backup": p["backup"]}, pools={"zpool": p["zpool"]}, uuids={"vm_uuid": p["vm_uuid"]})
+    check_names(module, datasets={"source": p["source"]}, snapshots={"backup": p["backup"]},
+                pools={"zpool": p["zpool"]}, uuids={"vm_uuid": p["vm_uuid"]})
     for key in ("source_digest", "expected_digest"):
         check_digest(module, key, p[key])
     if p["source_guid"] is not None and not p["source_guid"].isdigit():
@@ -492,7 +495,8 @@ def main() -> None:
             cleanup = run.drop_scratch()
     except ERRORS as err:
         cleanup = run.drop_scratch()  # again, should a signal have cut the first one short
-        result = dict(run.result, changed=False, ok=False, reason=str(err))
+        result = dict(run.result)
+        result.update(changed=False, ok=False, reason=str(err))
         if p["mode"] == "drill" and not module.check_mode:
             result["outcome"] = "failed"
         result.update(getattr(err, "extra", {}))
