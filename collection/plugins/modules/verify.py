@@ -375,8 +375,11 @@ class Drill(Transfer):
         pipeline.add(["zfs", "receive", "-u", self.scratch.name], "zfs receive")
         self.result["cmd"] = str(pipeline)
         if self.module.check_mode:
-            self.result["digest_cmd"] = str(digest.pipeline(
-                digest.filesystem_reader("<mountpoint of %s>" % self.scratch.name), p["bwlimit"]))
+            volume = self.kind == "dataset" and \
+                self.local.get_one(self.result["source"].split("@", 1)[0], "type") == "volume"
+            reader = digest.volume_reader(digest.volume_device(self.scratch.name)) if volume \
+                else digest.filesystem_reader("<mountpoint of %s>" % self.scratch.name)
+            self.result["digest_cmd"] = str(digest.pipeline(reader, p["bwlimit"]))
             self.result["msg"] = "would receive %s into %s, hash it and compare, then destroy it" % (
                 self.result["source"], self.scratch.name)
             self.scratch = None
