@@ -49,3 +49,20 @@ notes:
     stderr, when the stream failed) and C(cleanup) (what was done to undo the run); keys that do not apply
     are null or empty.
 """
+
+    # A verify drill: it makes a scratch dataset and destroys it; check mode only plans, nothing is left changed.
+    DRILL = r"""
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Check mode finds the backup and says what the drill would run; it reads no data, makes no scratch.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: N/A
+    details: A drill leaves nothing changed; its scratch dataset is destroyed.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+"""

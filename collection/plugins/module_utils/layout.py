@@ -227,3 +227,28 @@ def backup_of_file(filename: str) -> str | None:
 def restore_aside_name(target: str, stamp: str) -> str:
     """Where a restore keeps the target disk while the backup is received in its place."""
     return "%s%s%s" % (target, RESTORE_ASIDE_MARK, stamp)
+
+
+# A verify drill restores a backup into a scratch dataset `<parent>/<leaf>-verify-<pid>` and destroys it at the
+# end; one whose pid no longer runs was left by a killed drill. On the backup node the parent is
+# verify_root(); on a compute node (a read-only clone of a snapshot) it is the VM disk's own parent.
+VERIFY_SCRATCH_MARK = "-verify-"
+VERIFY_SCRATCH_RE = re.compile(r"^(?P<leaf>[^/]+)%s(?P<pid>[0-9]+)\Z" % re.escape(VERIFY_SCRATCH_MARK))
+# A content digest (sha256, hex) as the verify module returns it and takes it back as expected_digest.
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+def verify_root(zpool: str) -> str:
+    """The dataset under which verify drills receive backups into scratch datasets."""
+    return "%s/backups/verify" % zpool
+
+
+def verify_scratch_name(parent: str, leaf: str, pid: int) -> str:
+    """The scratch dataset of the drill run by process `pid`."""
+    return "%s/%s%s%d" % (parent, leaf, VERIFY_SCRATCH_MARK, pid)
+
+
+def verify_scratch_pid(name: str) -> int | None:
+    """The pid in a scratch dataset's name, or None when `name` is not one."""
+    match = VERIFY_SCRATCH_RE.fullmatch(name.rsplit("/", 1)[-1])
+    return int(match.group("pid")) if match else None
