@@ -91,7 +91,7 @@ def test_payloads_in_the_other_playbooks_and_nested_batch_items_are_never_evalua
             "bkpname": payload(canaries / "item-name"), "zpool": payload(canaries / "item-pool"), "type": 1,
             "compression": payload(canaries / "item-comp"), "bwlimit": 0, "fsfreeze": False}
     run_playbook(lab, tmp_path, "backup_batch.yml", {"node": "tb", "backups": [item]})
-    for playbook in ("restore.yml", "delete.yml", "prune.yml"):
+    for playbook in ("restore.yml", "delete.yml", "prune.yml", "verify.yml"):
         run_playbook(lab, tmp_path, playbook, dict(bad, vm_uuid=vm.uuid, disk_id=1, type=1, bkpdef="daily",
                                                    retention=1, target_hostname=bad["hostname"],
                                                    target_disk_id=1, compute_node="tc",

@@ -584,9 +584,10 @@ class Service:
         return task_id
 
     def drill_candidates(self) -> list[dict]:
-        """Per definition of a VM that exists: its newest OK backup (what a scheduled drill proves)."""
+        """Per active definition of a VM that exists: its newest OK backup (what a scheduled drill proves;
+        a paused definition is not drilled either)."""
         newest: dict[tuple, dict] = {}
-        current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions()}
+        current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions() if d.get("active")}
         for backup in self.store.backups():
             key = (backup["vm_uuid"], backup["disk_id"], backup["define"])
             if key in current and backup["status"] == OK and (
