@@ -47,6 +47,7 @@ class Scheduler:
         self.interval = interval
         self.verify_every = verify_every  # seconds between drills of a definition's newest backup; 0: none
         self.drills_per_tick = drills_per_tick
+        self._drills_checked: datetime.datetime | None = None
         self._lockfile = os.path.join(data_dir, "scheduler.lock")
         self._stop = threading.Event()
         self._handle = None
@@ -90,7 +91,11 @@ class Scheduler:
         try:
             return self._backups(when)
         finally:
-            if self.verify_every:  # after the backups: a drill waits for a disk that has a backup to make
+            # After the backups (a drill waits for a disk that has a backup to make), and once a minute at
+            # most: finding each definition's newest backup reads every backup record.
+            if self.verify_every and (self._drills_checked is None or (when - self._drills_checked).total_seconds()
+                                      >= min(60.0, self.verify_every / 4)):
+                self._drills_checked = when
                 self.drills(when)
 
     def _backups(self, when: datetime.datetime) -> list[str]:
