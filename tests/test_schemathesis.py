@@ -42,7 +42,7 @@ def test_no_request_gets_a_server_error(env, tmp_path):
     proc = subprocess.run(
         [os.path.join(BIN, "schemathesis"), "run", env.url + "/openapi.json", "--checks", "all",
          "-H", "ES-API-KEY: " + env.admin_key, "--seed", "1", "--max-examples", "10", "--workers", "2",
-         "--max-time", "90", "--report", "junit", "--report-junit-path", str(report)],
+         "--max-time", "45", "--report", "junit", "--report-junit-path", str(report)],
         capture_output=True, text=True, timeout=400, cwd=tmp_path)  # its cache stays out of the checkout
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     cases = ET.parse(report).getroot().iter("testcase")
