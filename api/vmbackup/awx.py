@@ -28,7 +28,7 @@ from collections.abc import Callable
 import yaml
 
 from vmbackup import paths
-from vmbackup.runner import RunResult
+from vmbackup.runner import RunResult, failures, purge_runs
 
 log = logging.getLogger("vmbackup.awx")
 RUNNING = {"new", "pending", "waiting", "running"}
@@ -192,12 +192,7 @@ class AwxEngine:
         result = artifacts.get("vmbackup_result") if isinstance(artifacts.get("vmbackup_result"), dict) else {}
         errors = []
         if status != "successful":
-            for event in self.events(ident):
-                data = event.get("event_data") or {}
-                failed = event.get("event") in ("runner_on_failed", "runner_on_unreachable")
-                if failed and not data.get("ignore_errors"):
-                    res = data.get("res") or {}
-                    errors.append("%s: %s" % (data.get("task") or event.get("task"), res.get("msg") or res))
+            errors = failures(self.events(ident))
             if job.get("job_explanation"):
                 errors.append(str(job["job_explanation"]))
         return RunResult(status, 0 if status == "successful" else 1, result,
@@ -212,10 +207,4 @@ class AwxEngine:
         shutil.rmtree(self.data_dir(ident), ignore_errors=True)
 
     def purge(self, older_than: float, keep: Callable[[str], bool]) -> list[str]:
-        removed = []
-        cutoff = time.time() - older_than
-        for entry in os.scandir(self.runs_dir):
-            if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime <= cutoff and not keep(entry.name):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
-        return removed
+        return purge_runs(self.runs_dir, older_than, keep)

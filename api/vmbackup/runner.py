@@ -182,14 +182,11 @@ class Runner:
         rc_text = _read(os.path.join(folder, "rc"))
         rc = int(rc_text) if rc_text and rc_text.lstrip("-").isdigit() else None
         events = self.events(ident)
-        result, errors = {}, []
+        result = {}
         for event in events:
-            data = event.get("event_data", {})
             if event.get("event") == "playbook_on_stats":
-                result = (data.get("artifact_data") or {}).get("vmbackup_result") or {}
-            elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-                res = data.get("res") or {}
-                errors.append("%s: %s" % (data.get("task") or data.get("task_action"), res.get("msg") or res))
+                result = (event.get("event_data", {}).get("artifact_data") or {}).get("vmbackup_result") or {}
+        errors = failures(events)
         if status == "lost" and not events:
             errors.append("the run left no artifacts (interrupted before it started)")
         elif status == "lost":
@@ -213,16 +210,32 @@ class Runner:
     def purge(self, older_than: float, keep: Callable[[str], bool]) -> list[str]:
         """Remove the folders of runs last written more than `older_than` seconds ago, unless `keep(ident)`
         (a job still pending) or still running; return the idents removed. Task records stay in the store."""
-        removed = []
-        cutoff = time.time() - older_than
-        for entry in os.scandir(self.runs_dir):
-            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_mtime > cutoff:
-                continue
-            if keep(entry.name) or self.running(entry.name):
-                continue
+        return purge_runs(self.runs_dir, older_than, lambda ident: keep(ident) or self.running(ident))
+
+
+def failures(events: list[dict]) -> list[str]:
+    """`task: message` of each failed or unreachable task of a run's events (ignored failures left out); the
+    events of ansible-runner and of AWX's job_events have the same event and event_data fields."""
+    found = []
+    for event in events:
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            found.append("%s: %s" % (data.get("task") or event.get("task") or data.get("task_action"),
+                                     res.get("msg") or res))
+    return found
+
+
+def purge_runs(runs_dir: str, older_than: float, keep: Callable[[str], bool]) -> list[str]:
+    """Remove the run folders below `runs_dir` last written more than `older_than` seconds ago, unless
+    `keep(ident)`; return the idents removed."""
+    removed = []
+    cutoff = time.time() - older_than
+    for entry in os.scandir(runs_dir):
+        if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime <= cutoff and not keep(entry.name):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.name)
-        return removed
+    return removed
 
 
 # What a job's process may see of the service's environment: what Ansible and ssh need, nothing else

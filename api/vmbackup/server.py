@@ -14,7 +14,7 @@ from vmbackup.auth import Auth
 from vmbackup.clock import iso, now
 from vmbackup.discovery import Discovery
 from vmbackup.metrics import Metrics
-from vmbackup.routes import build_app, es_header_names, utf8_only
+from vmbackup.routes import build_app, es_header_names, utf8_only, wait_for
 from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
 from vmbackup.service import DEFINITION_FIELDS, Service
@@ -80,13 +80,10 @@ class Application:
         task_id = running[0]["task_id"] if running else self.service.sync(None, node)
         if not wait:
             return self.store.get_task(task_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            task = self.store.get_task(task_id)
-            if task["status"] != "PENDING":
-                return task
-            time.sleep(0.3)
-        raise RuntimeError("sync %s did not end within %d s" % (task_id, timeout))
+        task = wait_for(self.service, task_id, timeout=timeout, poll=0.3)
+        if task["status"] == "PENDING":
+            raise RuntimeError("sync %s did not end within %d s" % (task_id, timeout))
+        return task
 
     def export_definitions(self) -> dict:
         """Every backup definition, as a new controller can import it."""

@@ -541,16 +541,21 @@ class Service:
         names = [b["name"] for b in backups]
         for name in names:
             self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": PENDING})
-        extravars = {"node": first["node"], "zpool": first["zpool"], "vm_uuid": first["vm_uuid"],
-                     "disk_id": first["disk_id"], "type": first["type"], "bkpname": names,
-                     "hostname": first["hostname"]}
-        vm = self.store.get_vm(first["vm_uuid"])
-        if vm:
-            extravars["compute_node"] = vm["node"]
+        extravars = self._backup_vars(first, bkpname=names)
         self.queue.submit(self._task(task_id, user, DeleteJob, extravars, vm_uuid=first["vm_uuid"],
                                      hostname=first["hostname"], disk_id=first["disk_id"], bkpname=names,
                                      view="vm_backup", method="DELETE"))
         return task_id
+
+    def _backup_vars(self, backup: dict, **more) -> dict:
+        """The playbook variables that name a backup on its node (and its VM's compute node, if the VM exists)."""
+        extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
+                     "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
+                     "hostname": backup["hostname"]}
+        vm = self.store.get_vm(backup["vm_uuid"])
+        if vm:
+            extravars["compute_node"] = vm["node"]
+        return dict(extravars, **more)
 
     def _task(self, task_id: str, user: dict | None, job, extravars: dict, **fields) -> dict:
         """A job's task record: who, what, its playbook and extra vars (kept for a relaunch after a restart)."""
@@ -569,12 +574,7 @@ class Service:
         task_id = self.task_id(user, "a" if automatic else "e")
         # Never while that disk has another job: a drill reads the source snapshot a backup may be replacing.
         self.queue.claim([(backup["vm_uuid"], backup["disk_id"])], task_id)
-        vm = self.store.get_vm(backup["vm_uuid"])
-        extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
-                     "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
-                     "hostname": backup["hostname"]}
-        if vm:
-            extravars["compute_node"] = vm["node"]
+        extravars = self._backup_vars(backup)
         if backup.get("verify_digest"):
             extravars["expected_digest"] = backup["verify_digest"]
         self.queue.submit(self._task(task_id, user, VerifyJob, extravars, vm_uuid=backup["vm_uuid"],
