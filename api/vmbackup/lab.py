@@ -75,25 +75,80 @@ def install_packages(packages: list[str] = APT_PACKAGES) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+ZFS_PIDFILE = "/var/run/zfs-fuse.pid"
+
+
 def zfs_daemon_running() -> bool:
     return shutil.which("zpool") is not None and run(["zpool", "list", "-H"], check=False).returncode == 0
 
 
-def start_zfs_daemon(timeout: float = 30) -> None:
+def launch_zfs_fuse(start, answers, pidfile: str, name: str = "this machine", timeout: float = 60) -> None:
+    """Start a zfs-fuse daemon with `start(argv)` until `answers()` says its pools can be listed.
+
+    zfs-fuse tells why it stops only to syslog, which a container lacks: "pid file already exists;
+    aborting" after a killed daemon, its lock still held by a dying one, a failed FUSE mount. So a stale
+    pid file is removed before each try, a daemon that exits or dies is started again until `timeout`,
+    and the error says what was seen.
+    """
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        if os.path.exists(pidfile) and not pid_alive(read_pid(pidfile)):
+            os.unlink(pidfile)
+        started = start(["zfs-fuse", "--pidfile", pidfile])
+        if started.returncode != 0:
+            seen.append("exit %d: %s" % (started.returncode, (started.stderr or "").strip() or "no output"))
+        else:
+            gone_after = time.monotonic() + 5  # its pid file appears once it has forked
+            while time.monotonic() < deadline:
+                if answers():
+                    return
+                if time.monotonic() > gone_after and not pid_alive(read_pid(pidfile)):
+                    seen.append("the daemon exited")
+                    break
+                time.sleep(0.3)
+            else:
+                seen.append("no answer from `zpool list`")
+        say("%s: zfs-fuse is not up (%s)" % (name, seen[-1]))
+        time.sleep(0.5)
+    fuse = "present" if os.path.exists("/dev/fuse") else "missing (modprobe fuse, or give the container /dev/fuse)"
+    raise RuntimeError("%s: zfs-fuse did not start within %ds (%s); /dev/fuse is %s"
+                       % (name, timeout, "; ".join(dict.fromkeys(seen)), fuse))
+
+
+def start_zfs_daemon(timeout: float = 60) -> None:
     """Start zfs-fuse if no ZFS answers; wait until it does."""
     if zfs_daemon_running():
         return
     if not shutil.which("zfs-fuse"):
         install_packages(["zfs-fuse"])
+    if not os.path.exists("/dev/fuse"):
+        run(["modprobe", "fuse"], check=False)
     say("starting zfs-fuse")
     os.makedirs("/var/run/zfs", exist_ok=True)
-    subprocess.run(["zfs-fuse", "--pidfile", "/var/run/zfs-fuse.pid"], check=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if zfs_daemon_running():
-            return
-        time.sleep(0.3)
-    raise RuntimeError("zfs-fuse did not start within %ds; see syslog" % timeout)
+    launch_zfs_fuse(lambda argv: run(argv, check=False), zfs_daemon_running, ZFS_PIDFILE, timeout=timeout)
 
 
 @dataclasses.dataclass

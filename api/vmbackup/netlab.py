@@ -28,32 +28,13 @@ import time
 import yaml
 
 from vmbackup import lab as labmod
-from vmbackup.lab import LabVM, say
+from vmbackup.lab import LabVM, pid_alive, read_pid, say
 
 ZFS_PRIVATE_PATHS = {"run": "/var/run/zfs", "lib": "/var/lib/zfs", "etc": "/etc/zfs", "lock": "/var/lock/zfs"}
 SSH_OPTIONS = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
                # A dead link fails a transfer within seconds instead of hanging until TCP gives up.
                "ServerAliveInterval=2", "ServerAliveCountMax=2", "ConnectTimeout=5", "BatchMode=yes"]
 APT_PACKAGES = ["iproute2", "util-linux"]
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    with open("/proc/%d/stat" % pid) as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def read_pid(path: str) -> int | None:
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
 
 
 def link_exists(name: str) -> bool:
@@ -181,25 +162,9 @@ class NetNode:
         if self.zfs_running():
             return
         say("%s: starting zfs-fuse" % self.name)
-        deadline = time.monotonic() + timeout
-        while True:
-            self.unmount_stale()
-            # zfs-fuse refuses to start while its pid file exists ("already exists; aborting", to syslog
-            # only); a killed daemon leaves it behind. Its lock (/var/lock/zfs/zfs_lock) goes with its last thread.
-            pidfile = self.path("zfs-fuse.pid")
-            if os.path.exists(pidfile) and not pid_alive(read_pid(pidfile)):
-                os.unlink(pidfile)
-            started = self.run(["zfs-fuse", "--pidfile", self.path("zfs-fuse.pid"), "--no-kstat-mount"], check=False)
-            if started.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s: zfs-fuse does not start (rc=%d): %s" % (self.name, started.returncode,
-                                                                                started.stderr.strip()))
-            time.sleep(0.5)
-        while not self.zfs_running():
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s: zfs-fuse did not answer within %ds" % (self.name, timeout))
-            time.sleep(0.2)
+        self.unmount_stale()
+        labmod.launch_zfs_fuse(lambda argv: self.run(argv + ["--no-kstat-mount"], check=False), self.zfs_running,
+                               self.path("zfs-fuse.pid"), name=self.name, timeout=timeout)
         # As zfs-fuse's init script does: the imported pools' filesystems are mounted by `zfs mount -a`.
         self.run(["zfs", "mount", "-a"], check=False)
 
