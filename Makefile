@@ -31,7 +31,7 @@ molecule: setup  ## the molecule scenario: converge, idempotence and verify on t
 
 test: setup lint sanity  ## everything the tests need, then the tests (unit, then on real zfs-fuse pools) and molecule
 	$(VENV)/python -c "from vmbackup.lab import start_zfs_daemon; start_zfs_daemon()"
-	$(VENV)/pytest -q --durations=20 collection/tests/unit tests
+	$(VENV)/pytest -q -n 2 --dist loadfile --durations=20 collection/tests/unit tests
 	$(VENV)/molecule test
 
 collection: setup  ## the Galaxy artifact (the collection alone) in dist/

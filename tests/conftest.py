@@ -12,7 +12,10 @@ import pytest
 
 from vmbackup import lab as labmod
 
-TAG = os.environ.get("VMBACKUP_TEST_TAG") or "t%d" % os.getpid()
+# pytest-xdist's worker number (gw0, gw1, ...): workers of one run get pools and subnets of their own.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 5
+TAG = (os.environ.get("VMBACKUP_TEST_TAG", "") + "w%d" % WORKER) if os.environ.get("VMBACKUP_TEST_TAG") \
+    else "t%d" % os.getpid()
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +93,7 @@ def netlab():
     `zones`, on a bridge and subnet of this run's own; removed at the end."""
     from vmbackup.netlab import NetLab
     the_lab = NetLab(directory="/var/tmp/vmbackup-netlab-%s" % TAG, prefix="nl%d" % (os.getpid() % 10**7),
-                     subnet="10.78.%d" % (os.getpid() % 250 + 1),
+                     subnet="10.78.%d" % ((os.getpid() % 50) * 5 + WORKER + 1),
                      nodes=[("compute1", "compute"), ("backup1", "backup")], pool_size="1G")
     the_lab.up(vms=[])
     yield the_lab

@@ -7,6 +7,7 @@ every step is idempotent, and `down()` removes what `up()` made.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
@@ -168,11 +169,27 @@ class SshAccess:
 
 
 def ensure_sshd(directory: str, port: int = 2222, host: str = "127.0.0.1") -> SshAccess:
-    """Start an sshd on `port` (if none listens) that accepts a key kept in `directory`."""
+    """Start an sshd on `port` (if none listens) that accepts a key kept in `directory`.
+
+    Test workers share the key and the sshd: one makes them while the others wait on a lock.
+    """
     if not os.path.exists("/usr/sbin/sshd"):
         install_packages(["openssh-server", "openssh-client"])
     os.makedirs(directory, exist_ok=True)
-    key = os.path.join(directory, "id_ed25519")
+    with open(os.path.join(directory, "sshd.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        access = SshAccess(host, port, authorize_key(os.path.join(directory, "id_ed25519")))
+        probe = ["ssh", "-p", str(port), "-i", access.key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+        for option in access.options:
+            probe += ["-o", option]
+        probe += ["root@" + host, "true"]
+        if run(probe, check=False).returncode != 0:
+            start_sshd(directory, host, port, probe)
+    return access
+
+
+def authorize_key(key: str) -> str:
+    """Make the key `key` if it is missing and let it log in as this user."""
     if not os.path.exists(key):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmbackup-lab", "-f", key])
     with open(key + ".pub") as handle:
@@ -185,13 +202,10 @@ def ensure_sshd(directory: str, port: int = 2222, host: str = "127.0.0.1") -> Ss
         with open(authorized, "a") as handle:
             handle.write(("" if known.endswith("\n") or not known else "\n") + public + "\n")
         os.chmod(authorized, 0o600)
-    access = SshAccess(host, port, key)
-    probe = ["ssh", "-p", str(port), "-i", key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
-    for option in access.options:
-        probe += ["-o", option]
-    probe += ["root@" + host, "true"]
-    if run(probe, check=False).returncode == 0:
-        return access
+    return key
+
+
+def start_sshd(directory: str, host: str, port: int, probe: list[str]) -> None:
     say("starting sshd on %s:%d" % (host, port))
     run(["ssh-keygen", "-A"])
     os.makedirs("/run/sshd", exist_ok=True)
@@ -202,7 +216,6 @@ def ensure_sshd(directory: str, port: int = 2222, host: str = "127.0.0.1") -> Ss
         if time.monotonic() > deadline:
             raise RuntimeError("sshd on port %d does not accept the lab key" % port)
         time.sleep(0.3)
-    return access
 
 
 @dataclasses.dataclass
