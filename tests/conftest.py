@@ -16,6 +16,23 @@ from vmbackup import lab as labmod
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 5
 TAG = (os.environ.get("VMBACKUP_TEST_TAG", "") + "w%d" % WORKER) if os.environ.get("VMBACKUP_TEST_TAG") \
     else "t%d" % os.getpid()
+# A worker of several gets a zfs-fuse daemon and an sshd of its own (one daemon serving several workers
+# deadlocks now and then: lab.isolate_zfs); pytest alone uses the machine's.
+ISOLATED = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if ISOLATED:
+    labmod.isolate_zfs("/var/tmp/vmbackup-zfsd-%s" % TAG)
+    os.environ["VMBACKUP_LAB_SSH_PORT"] = str(2223 + WORKER)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_zfs_daemon():
+    """Stops this worker's sshd and zfs-fuse once everything else is torn down (the first fixture set up is
+    the last torn down)."""
+    yield
+    if ISOLATED:
+        # Its sessions would land in this worker's namespace, which ends now.
+        labmod.stop_sshd("/var/tmp/vmbackup-ssh", int(os.environ["VMBACKUP_LAB_SSH_PORT"]))
+        labmod.stop_zfs_daemon()
 
 
 @pytest.fixture(scope="session")

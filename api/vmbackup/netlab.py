@@ -28,9 +28,8 @@ import time
 import yaml
 
 from vmbackup import lab as labmod
-from vmbackup.lab import LabVM, pid_alive, read_pid, say
+from vmbackup.lab import ZFS_PRIVATE_PATHS, LabVM, pid_alive, read_pid, say
 
-ZFS_PRIVATE_PATHS = {"run": "/var/run/zfs", "lib": "/var/lib/zfs", "etc": "/etc/zfs", "lock": "/var/lock/zfs"}
 SSH_OPTIONS = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
                # A dead link fails a transfer within seconds instead of hanging until TCP gives up.
                "ServerAliveInterval=2", "ServerAliveCountMax=2", "ConnectTimeout=5", "BatchMode=yes"]
