@@ -8,6 +8,7 @@ variables checked, its VM found in the compute nodes' answers, and the one resul
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -63,6 +64,17 @@ def batch_key(vm_uuid: str, disk_id, bkpname: str) -> str:
     return "%s:%s:%s" % (vm_uuid, disk_id, bkpname)
 
 
+def plain(value):
+    """The value with its dicts and lists rebuilt as plain ones, read once. Ansible 2.19 hands a filter lazy
+    containers that template a value each time it is read; a batch of 1,000 backups read them so often that
+    checking it took minutes. Strings are kept as they are (with their trust tags)."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
 def item_spec(spec: dict) -> dict:
     """The argument spec of one item: the playbook's, with progress_file for vmbackup_progress_file."""
     options = {name: dict(option) for name, option in spec.items() if name not in BATCH_ONLY}
@@ -115,6 +127,7 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
     definition, backup_name}, stamp (UTC %Y%m%d_%H%M%S), created (ISO time)}; shared: the top-level
     variables; listed: the backups came as the list `backups` (messages then say backups[<n>].<variable>).
     """
+    spec, rules, shared, backups = plain(spec), plain(rules), plain(shared), plain(backups)
     options = item_spec(spec)
     common = {name: value for name, value in given(shared).items() if name in SHARED}
     items = []
@@ -169,6 +182,7 @@ def matches(vm: dict, want: str) -> bool:
 def batch_locate(items: list, answers: list, compute_hosts: list) -> list:
     """Each checked backup with its VM (`vm`: uuid, hostname, brand, state, qga_socket, node, disk) found in the
     looped results of vmbackup.zfs.vm_info (one per compute node), or why not (`problems`)."""
+    items, answers, compute_hosts = plain(items), plain(answers), plain(compute_hosts)
     by_node = {answer.get("item"): answer for answer in answers or []}
     located = []
     for item in items:
@@ -214,6 +228,7 @@ def batch_locate(items: list, answers: list, compute_hosts: list) -> list:
 
 def batch_nodes(items: list) -> list:
     """The backups that may run, by compute node ({node, items}), the node with the most disks first."""
+    items = plain(items)
     nodes: dict[str, list] = {}
     for item in items:
         if not item["problems"]:
@@ -251,6 +266,7 @@ def record(item: dict, outcome: dict | None) -> dict:
 
 def batch_result(items: list, outcomes: list, check: bool = False) -> dict:
     """The run's vmbackup_result: {ok, check, backups: {key: record}}, and a single backup's record at the top."""
+    items, outcomes = plain(items), plain(outcomes)
     done: dict = {}
     for found in outcomes or []:
         done.update(found or {})
