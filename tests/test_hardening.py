@@ -20,6 +20,7 @@ import time
 import uuid as uuidlib
 
 import pytest
+import yaml
 from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes, write_inventory
 
 from vmbackup import auth as authmod
@@ -468,3 +469,25 @@ def test_finished_runs_folders_are_purged_and_their_tasks_stay(lab, tmp_path):
     time.sleep(0.05)
     assert app.purge_runs() == ["1e1d1-00000000-0000-0000-0000"]
     assert not os.path.exists(old) and app.store.get_task("1e1d1-00000000-0000-0000-0000")["status"] == "SUCCESS"
+
+
+def test_runs_work_at_the_runners_niceness(tmp_path):
+    """A night's batch must not take the CPU from the API: runs are started under nice(1), the pid staying
+    the run's (nice execs ansible-runner), so cancel and the pid identity still hold."""
+    playbook = tmp_path / "nice.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                        "    - ansible.builtin.shell: nice > {{ out }}\n")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    own = os.nice(0)
+    for nice in (0, 7):
+        runner = Runner(str(tmp_path / ("runs%d" % nice)), str(inventory), nice=nice)
+        done = threading.Event()
+        out = tmp_path / ("nice%d.txt" % nice)
+        results = []
+        runner.start("nice%d" % nice, str(playbook), {"out": str(out)},
+                     lambda result, results=results, done=done: (results.append(result), done.set()))
+        assert done.wait(120), "the run did not end"
+        assert results[0].status == "successful", results[0]
+        assert int(out.read_text()) == min(19, own + nice)

@@ -66,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
                  run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
                  verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
                  webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
-                 **engine_options(args))
+                 job_nice=args.job_nice, **engine_options(args))
     return 0
 
 
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--verify-every-days", type=float, default=server_defaults.DEFAULT_VERIFY_EVERY / 86400,
                        help="days between restore drills of each definition's newest backup, spread over that time; "
                             "0: no scheduled drills (default: %(default)s)")
+    serve.add_argument("--job-nice", type=int, default=server_defaults.DEFAULT_JOB_NICE, choices=range(0, 20),
+                       metavar="0-19", help="niceness of the local playbook runs, so that the API answers quickly "
+                       "while they work (default: %(default)s; 0: the service's own)")
     serve.add_argument("--engine", choices=["local", "awx"], default="local",
                        help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
     serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")

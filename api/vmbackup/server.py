@@ -30,6 +30,7 @@ DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifac
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
 DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
 DEFAULT_STALE_EVERY = 300.0           # seconds between checks for definitions gone stale (webhooks)
+DEFAULT_JOB_NICE = 10                 # niceness of the local playbook runs (0: the service's own)
 
 
 class Application:
@@ -41,7 +42,8 @@ class Application:
                  stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
                  engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
                  awx_templates: dict | None = None, webhooks: list[str] | None = None,
-                 webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY):
+                 webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
+                 job_nice: int = DEFAULT_JOB_NICE):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
@@ -49,7 +51,7 @@ class Application:
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
         # Discovery always runs here (it asks the nodes for the service's own records); jobs run on the engine.
-        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory)
+        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory, nice=job_nice)
         if engine == "awx":
             if not awx_url or not awx_token:
                 raise RuntimeError("--engine awx needs --awx-url and a token (--awx-token-file or VMBACKUP_AWX_TOKEN)")
@@ -236,7 +238,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
           stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
           metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
-          stale_every: float = DEFAULT_STALE_EVERY, **engine) -> None:
+          stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
@@ -245,7 +247,8 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
                            "VMBACKUP_WEBHOOK_SECRET")
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
                       run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
-                      webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, **engine)
+                      webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, job_nice=job_nice,
+                      **engine)
     app.scheduler.interval = schedule_interval
     if metrics_listen:
         app.serve_metrics(metrics_listen)
