@@ -199,3 +199,15 @@ def test_definitions_due_together_run_as_one_batch_per_backup_node(app, lab):
         assert snapshots("%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)) == [backup["name"]]
     assert app.store.backups(vm_uuid=vms[2].uuid) == []
     assert not app.service.busy(vms[0].uuid, 1)  # every disk is free again
+
+
+def test_a_batch_is_spread_over_runs_by_compute_node():
+    from vmbackup.service import spread
+    pairs = [({"n": i}, {"item": {"compute_node": node}}) for i, node in enumerate("AAAAABBBCC")]
+    for runs, sizes in ((1, [10]), (2, [5, 5]), (3, [5, 3, 2]), (8, [5, 3, 2])):
+        groups = spread(pairs, runs)
+        assert sorted((len(g) for g in groups), reverse=True) == sizes, runs
+        assert sorted(p[0]["n"] for g in groups for p in g) == list(range(10))  # each once
+        for group in groups:  # a compute node's disks stay together
+            nodes = {p[1]["item"]["compute_node"] for p in group}
+            assert all(p[1]["item"]["compute_node"] not in nodes for g in groups if g is not group for p in g)

@@ -66,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
                  run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
                  verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
                  webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
-                 job_nice=args.job_nice, **engine_options(args))
+                 job_nice=args.job_nice, batch_runs=args.batch_runs, **engine_options(args))
     return 0
 
 
@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--job-nice", type=int, default=server_defaults.DEFAULT_JOB_NICE, choices=range(0, 20),
                        metavar="0-19", help="niceness of the local playbook runs, so that the API answers quickly "
                        "while they work (default: %(default)s; 0: the service's own)")
+    serve.add_argument("--batch-runs", type=int, default=None, metavar="N",
+                       help="runs a backup node's scheduled batch is split into, each compute node's disks in one "
+                       "(default: the number of CPUs, %d here)" % (os.cpu_count() or 1))
     serve.add_argument("--engine", choices=["local", "awx"], default="local",
                        help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
     serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")

@@ -43,7 +43,7 @@ class Application:
                  engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
                  awx_templates: dict | None = None, webhooks: list[str] | None = None,
                  webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
-                 job_nice: int = DEFAULT_JOB_NICE):
+                 job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
@@ -62,7 +62,8 @@ class Application:
         else:
             raise RuntimeError("--engine: local or awx, not %r" % engine)
         self.auth = Auth(self.store)
-        self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node)
+        self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node,
+                               batch_runs=batch_runs)
         self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
         self.discovery = Discovery(self.store, self.local_runner, self.inventory)
         self.metrics = Metrics(self.service, self.scheduler)
@@ -238,7 +239,8 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
           stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
           metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
-          stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, **engine) -> None:
+          stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
+          **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
@@ -248,7 +250,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
                       run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
                       webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, job_nice=job_nice,
-                      **engine)
+                      batch_runs=batch_runs, **engine)
     app.scheduler.interval = schedule_interval
     if metrics_listen:
         app.serve_metrics(metrics_listen)

@@ -5,6 +5,7 @@ and their states, and the jobs that carry out backups, restores and deletes thro
 from __future__ import annotations
 
 import collections
+import os
 import secrets
 
 from vmbackup import errors, facts, validation
@@ -36,11 +37,14 @@ class Service:
     """Everything the routes ask for; the routes only translate HTTP to these calls and back."""
 
     def __init__(self, store: Store, runner: Runner, dc_id: int = 1, size_limit: int | None = None,
-                 jobs_per_node: int | None = None):
+                 jobs_per_node: int | None = None, batch_runs: int | None = None):
         self.store = store
         self.runner = runner
         self.dc_id = dc_id
         self.size_limit = size_limit
+        # Runs a backup node's scheduled batch is split into: one ansible-playbook works its tasks in a
+        # single process, so a batch of 1,000 disks needs a run per controller CPU (compute nodes apart).
+        self.batch_runs = max(1, batch_runs or os.cpu_count() or 1)
         self.events = Events()
         self.queue = JobQueue(store, runner, jobs_per_node, self.events)
 
@@ -419,28 +423,39 @@ class Service:
                 "define": bkpdef, "node": definition["node"], "record": record, "item": item}
 
     def create_batch(self, definitions: list[dict]) -> tuple[list[str], list[tuple[dict, str]]]:
-        """Scheduled backups due together: one automatic run per backup node, Ansible started once.
+        """Scheduled backups due together: per backup node up to `batch_runs` automatic runs (each compute
+        node's disks in one of them), Ansible started once per run.
 
         Returns the batch task ids and the definitions that could not start, with the reason.
         """
-        plans: dict[str, list[dict]] = collections.defaultdict(list)
+        planned: dict[str, list[tuple[dict, dict]]] = collections.defaultdict(list)
         refused = []
-        task_ids: dict[str, str] = {}
         for definition in definitions:
             try:
                 plan = self._plan_backup(SCHEDULER, definition["vm_uuid"], definition["name"],
                                          {"disk_id": definition["disk_id"]})
-                task_id = task_ids.setdefault(plan["node"], self.task_id(None, "a"))
-                self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
             except (errors.ApiError, errors.ValidationFailed) as err:
                 refused.append((definition, getattr(err, "detail", None) or str(err)))
                 continue
-            plans[plan["node"]].append(plan)
-        for node, group in plans.items():
-            for plan in group:
-                self.store.insert_backup(plan["record"])
-            self._submit_backups(task_ids[node], SCHEDULER, node, group)
-        return [task_ids[node] for node in plans], refused
+            planned[plan["node"]].append((definition, plan))
+        started = []
+        for node, pairs in planned.items():
+            for group in spread(pairs, self.batch_runs):
+                task_id = self.task_id(None, "a")
+                claimed = []
+                for definition, plan in group:
+                    try:  # two definitions of one disk due together: the first one runs
+                        self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
+                    except errors.ApiError as err:
+                        refused.append((definition, getattr(err, "detail", None) or str(err)))
+                        continue
+                    claimed.append(plan)
+                if claimed:
+                    for plan in claimed:
+                        self.store.insert_backup(plan["record"])
+                    self._submit_backups(task_id, SCHEDULER, node, claimed)
+                    started.append(task_id)
+        return started, refused
 
     def set_note(self, user: dict, original: str, name: str, data: dict) -> dict:
         self.require_admin(user)
@@ -647,3 +662,16 @@ class Service:
         if task["status"] != "PENDING":
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
         self.queue.cancel(task)
+
+
+def spread(pairs: list[tuple[dict, dict]], runs: int) -> list[list[tuple[dict, dict]]]:
+    """(definition, plan) pairs of one backup node in at most `runs` groups: each compute node's disks in one
+    group (asked once for its VMs, its disks backed up one after another), the groups as even in disks as
+    the compute nodes allow (the node with the most disks first, each to the smallest group)."""
+    by_node: dict[str, list] = collections.defaultdict(list)
+    for pair in pairs:
+        by_node[pair[1]["item"]["compute_node"]].append(pair)
+    groups: list[list] = [[] for _ in range(min(runs, len(by_node)))]
+    for node_pairs in sorted(by_node.values(), key=len, reverse=True):
+        min(groups, key=len).extend(node_pairs)
+    return groups
