@@ -10,6 +10,10 @@ interrupted receive) goes through retry_busy(); nothing else retries.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +32,18 @@ def retry_busy(action, attempts: int = 20, delay: float = 0.5):
                 raise
             time.sleep(delay)
     return None
+
+
+@contextlib.contextmanager
+def pool_lock(pool: str):
+    """An exclusive lock of this node's modules on `pool` (a file in /var/run, or the temp dir)."""
+    folder = "/var/run" if os.path.isdir("/var/run") and os.access("/var/run", os.W_OK) else tempfile.gettempdir()
+    fd = os.open(os.path.join(folder, "vmbackup-pool-%s.lock" % pool), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -127,10 +143,29 @@ class Dataset:
         return self.mountpoint(mount=False) if self.exists() else None
 
     def ensure_filesystem(self) -> str:
-        """Create it (and its parents) if missing; return its mountpoint."""
-        if not self.exists():
-            self.node.create(self.name)
-        return self.mountpoint()
+        """Create it (and its parents) if missing; return its mountpoint, its parents mounted first.
+
+        Backups from several compute nodes may create the same parents at once (`<pool>/backups/...`):
+        a create that failed while the dataset now exists (another made it, or only its mount failed) goes
+        on, and a parent left unmounted is mounted before its child (zfs-fuse answers a child's mount in
+        an unmounted parent with "busy" for ever).
+        """
+        mounted = self.mounted_at()
+        if mounted:
+            return mounted
+        # One at a time per pool on this node: zfs-fuse leaves a parent unmountable when two `zfs create -p`
+        # of it race (its mountpoint directory gets a child's), OpenZFS answers the loser "already exists".
+        with pool_lock(self.name.split("/")[0]):
+            if not self.exists():
+                try:
+                    self.node.create(self.name)
+                except ZfsError:
+                    if not self.exists():
+                        raise
+            parts = self.name.split("/")
+            for depth in range(2, len(parts)):
+                Dataset(self.node, "/".join(parts[:depth])).mountpoint()
+            return self.mountpoint()
 
     def unmount(self) -> None:
         retry_busy(lambda: self.node.zfs("unmount", self.name))
