@@ -24,26 +24,59 @@ def envelope(task_id: str, status: str, result, code: int) -> bottle.HTTPRespons
 
 
 class ListCache:
-    """Encoded answers of the big listings, per (call, parameters, who asks), valid while the records are
-    unchanged (the store's generation) and for at most ten seconds (definitions show ages)."""
+    """Encoded answers of the big listings, per (call, parameters, who asks).
 
-    def __init__(self, size: int = 64):
+    An answer is rebuilt before it is given once the records changed (the store's generation): a client
+    sees its own writes. Unchanged records make it old only by its ages (definitions show how long ago
+    they were verified): after `max_age` seconds it is still given while one background thread rebuilds
+    it, so no request pays the whole listing for the clock alone. One builder per key at a time; the
+    others wait for its answer instead of building the same one beside it.
+    """
+
+    def __init__(self, size: int = 64, max_age: float = 10.0):
         self.size = size
-        self._entries: dict[tuple, str] = {}
-        self._version = None
+        self.max_age = max_age
+        self._entries: dict[tuple, tuple] = {}  # key -> (generation, built at, text)
+        self._building: dict[tuple, threading.Lock] = {}
+        self._refreshing: set[tuple] = set()
         self._lock = threading.Lock()
 
-    def get(self, version, key: tuple, compute: Callable[[], object]) -> str:
+    def get(self, generation, key: tuple, compute: Callable[[], object]) -> str:
         with self._lock:
-            if version != self._version:
-                self._entries, self._version = {}, version
-            if key in self._entries:
-                return self._entries[key]
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == generation:
+                if time.monotonic() - entry[1] >= self.max_age and key not in self._refreshing:
+                    self._refreshing.add(key)
+                    threading.Thread(target=self._refresh, args=(generation, key, compute), daemon=True,
+                                     name="listing-refresh").start()
+                return entry[2]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry[0] == generation:
+                    return entry[2]  # built meanwhile by the thread we waited for
+            return self._build(generation, key, compute)
+
+    def _build(self, generation, key: tuple, compute: Callable[[], object]) -> str:
+        built = time.monotonic()
         text = json.dumps(compute())
         with self._lock:
-            if version == self._version and len(self._entries) < self.size:
-                self._entries[key] = text
+            current = self._entries.get(key)
+            if current is None or current[1] <= built:
+                if current is None and len(self._entries) >= self.size:
+                    del self._entries[min(self._entries, key=lambda k: self._entries[k][1])]
+                self._entries[key] = (generation, built, text)
         return text
+
+    def _refresh(self, generation, key: tuple, compute: Callable[[], object]) -> None:
+        try:
+            self._build(generation, key, compute)
+        except Exception:  # the next request builds it itself
+            log.exception("rebuilding a listing failed")
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
 
 def envelope_of(task_id: str, result_json: str, code: int = 200) -> bottle.HTTPResponse:
@@ -258,8 +291,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         query = params()
         who = "admin" if user.get("is_admin") else tuple(sorted(user.get("vms") or []))
         key = ("definitions", tuple(sorted(query.items())), who)
-        text = listings.get((service.data_version(), int(time.time() // 10)), key,
-                            lambda: service.list_definitions(user, query))
+        text = listings.get(service.data_version(), key, lambda: service.list_definitions(user, query))
         return envelope_of(service.task_id(user, "d"), text)
 
     route("/api/vm/define/backup", "GET", all_definitions)
