@@ -109,3 +109,29 @@ def test_passwords_and_tokens_are_stored_hashed(tmp_path):
         raise AssertionError("an expired token was accepted")
     except Exception as err:
         assert str(err) == "Invalid token."
+
+
+def test_newest_backups_follow_every_write(tmp_path):
+    """The scheduler's per-minute question (each definition's newest OK backup) is answered from a cache
+    per VM file; a write of that file, by this store or another process, must show in the next answer."""
+    store, other = Store(str(tmp_path)), None
+
+    def backup(uuid, name, created, status=1, define="daily"):
+        return {"vm_uuid": uuid, "hostname": "h-" + uuid, "disk_id": 1, "define": define, "name": name,
+                "created": created, "status": status}
+
+    store.insert_backup(backup("a", "daily-1", "2026-12-01T01:00:00Z"))
+    store.insert_backup(backup("a", "daily-2", "2026-12-01T02:00:00Z", status=0))  # not OK: not counted
+    store.insert_backup(backup("b", "daily-1", "2026-12-01T01:00:00Z"))
+    names = lambda: {k: v["name"] for k, v in store.newest_backups(1).items()}  # noqa: E731
+    assert names() == {("a", 1, "daily"): "daily-1", ("b", 1, "daily"): "daily-1"}
+    store.update_backup("a", 1, "daily-2", {"status": 1})
+    assert names()[("a", 1, "daily")] == "daily-2"
+    other = Store(str(tmp_path))  # another process's write
+    other.insert_backup(backup("b", "daily-3", "2026-12-01T03:00:00Z"))
+    assert names()[("b", 1, "daily")] == "daily-3"
+    store.delete_backups("b", 1, ["daily-3"])
+    assert names()[("b", 1, "daily")] == "daily-1"
+    answer = store.newest_backups(1)
+    answer[("a", 1, "daily")]["name"] = "changed by a caller"
+    assert names()[("a", 1, "daily")] == "daily-2"  # callers get copies

@@ -601,14 +601,8 @@ class Service:
     def drill_candidates(self) -> list[dict]:
         """Per active definition of a VM that exists: its newest OK backup (what a scheduled drill proves;
         a paused definition is not drilled either)."""
-        newest: dict[tuple, dict] = {}
         current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions() if d.get("active")}
-        for backup in self.store.backups():
-            key = (backup["vm_uuid"], backup["disk_id"], backup["define"])
-            if key in current and backup["status"] == OK and (
-                    key not in newest or (backup.get("created") or "") > (newest[key].get("created") or "")):
-                newest[key] = backup
-        return list(newest.values())
+        return [backup for key, backup in self.store.newest_backups(OK).items() if key in current]
 
     # -- sync with the nodes --------------------------------------------------------------------
     def sync(self, user: dict | None, node: str | None = None) -> str:

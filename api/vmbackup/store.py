@@ -188,6 +188,7 @@ class Store:
         self._task_days: dict[str, str] = {}          # task id -> day of its partition
         self._pending: set[str] = set()
         self._days: dict[str, TinyDB] = {}
+        self._newest: dict[str, tuple] = {}            # vm uuid -> (its data read, status, newest backups)
         self.main = self._open(os.path.join(data_dir, "main.json"))
         with self.lock:
             pass  # the first sync loads every partition
@@ -424,6 +425,26 @@ class Store:
                     if original is None or vm_uuid or original in (backup["hostname"], backup["vm_uuid"]):
                         found.append(backup)
             return found
+
+    def newest_backups(self, status: int) -> dict[tuple, Doc]:
+        """Per (vm uuid, disk_id, definition): its newest backup with `status`. Each VM's file is looked
+        through again only when it changed (its data is a new object after every write or re-read), so
+        the scheduler asking every minute costs a lookup per VM, not a read of every backup."""
+        with self.lock:
+            found: dict[tuple, Doc] = {}
+            for uuid, db in self._vms.items():
+                data = db.storage.peek()
+                cached = self._newest.get(uuid)
+                if cached is None or cached[0] is not data or cached[1] != status:
+                    newest: dict[tuple, Doc] = {}
+                    for backup in data.get("backups", {}).values():
+                        key = (backup["vm_uuid"], backup["disk_id"], backup["define"])
+                        if backup["status"] == status and (key not in newest or (backup.get("created") or "")
+                                                           > (newest[key].get("created") or "")):
+                            newest[key] = backup
+                    cached = self._newest[uuid] = (data, status, newest)
+                found.update(cached[2])
+            return {key: dict(backup) for key, backup in found.items()}
 
     def get_backup(self, vm_uuid: str, disk_id: int, name: str) -> Doc | None:
         with self.lock:
