@@ -17,6 +17,8 @@ import threading
 import time
 import uuid as uuidlib
 
+from vmbackup.runner import pid_alive
+
 ZFS_ENV = dict(os.environ, LC_ALL="C")
 APT_PACKAGES = ["zfs-fuse", "openssh-server", "openssh-client", "pv", "mbuffer", "pigz", "zstd", "lz4",
                 "xz-utils", "bzip2", "sanoid"]
@@ -79,18 +81,18 @@ def install_packages(packages: list[str] = APT_PACKAGES) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, wait: float = 20.0) -> bool:
+    """Send `sig` to `pid` if it is alive and wait up to `wait` seconds for it to end; whether it ended."""
+    if not pid_alive(pid):
+        return True
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + wait
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not pid_alive(pid)
 
 
 def read_pid(path: str) -> int | None:
@@ -189,12 +191,8 @@ def isolate_zfs(directory: str) -> None:
 
 def stop_zfs_daemon() -> None:
     """Stop the daemon started by this process's start_zfs_daemon() after isolate_zfs()."""
-    pid = read_pid(ZFS_DAEMON["pidfile"])
-    if ZFS_DAEMON["args"] and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    if ZFS_DAEMON["args"]:
+        stop_pid(read_pid(ZFS_DAEMON["pidfile"]))
 
 
 @dataclasses.dataclass
@@ -259,9 +257,7 @@ def sshd_pidfile(directory: str, port: int) -> str:
 
 def stop_sshd(directory: str, port: int) -> None:
     """Stop the sshd that ensure_sshd(directory, port) started."""
-    pid = read_pid(sshd_pidfile(directory, port))
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
+    stop_pid(read_pid(sshd_pidfile(directory, port)), wait=0)
 
 
 def start_sshd(directory: str, host: str, port: int, probe: list[str]) -> None:

@@ -169,12 +169,7 @@ class NetNode:
 
     def kill_zfs(self, sig: int = signal.SIGKILL) -> None:
         """Kill the node's zfs-fuse (a crash when SIGKILL)."""
-        pid = read_pid(self.path("zfs-fuse.pid"))
-        if pid_alive(pid):
-            os.kill(pid, sig)
-            deadline = time.monotonic() + 20
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        labmod.stop_pid(read_pid(self.path("zfs-fuse.pid")), sig)
 
     def unmount_stale(self) -> None:
         """Lazily unmount the FUSE mounts a dead zfs-fuse left in the node's mount namespace."""
@@ -229,13 +224,8 @@ class NetNode:
                     self.run(["zpool", "destroy", "-f", pool], check=False)
         for pidfile in ("sshd.pid", "zfs-fuse.pid", "holder.pid"):
             pid = read_pid(self.path(pidfile))
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGTERM if pidfile == "zfs-fuse.pid" else signal.SIGKILL)
-                deadline = time.monotonic() + 15
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            if not labmod.stop_pid(pid, signal.SIGTERM if pidfile == "zfs-fuse.pid" else signal.SIGKILL, 15):
+                os.kill(pid, signal.SIGKILL)
         if link_exists(self.veth):
             labmod.run(["ip", "link", "del", self.veth], check=False)
         if os.path.exists("/run/netns/" + self.netns):

@@ -161,7 +161,7 @@ class Runner:
             pid = int(identity["pid"])
         except (ValueError, TypeError, KeyError):
             return None
-        if not _alive(pid):
+        if not pid_alive(pid):
             return None
         if "start" in identity:
             same = identity.get("start") == _start_time(pid) and identity.get("boot") in (None, _boot_id())
@@ -294,7 +294,10 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` exists and is not a zombie (one that cannot be signalled still counts)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
