@@ -63,3 +63,11 @@ def test_the_cache_keeps_at_most_its_size():
         cache.get(1, (n,), build)
     assert len(cache._entries) == 3
     assert cache.get(1, (9,), build) == '{"built": 10}'  # the newest stayed
+
+
+def test_no_builder_lock_stays_behind_per_key():
+    """Keys carry query strings a client chooses: a built key leaves nothing but its bounded entry."""
+    cache, build = ListCache(size=3), Counter()
+    for n in range(50):
+        cache.get(1, ("q%d" % n,), build)
+    assert cache._building == {} and len(cache._entries) == 3

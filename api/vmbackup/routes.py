@@ -56,7 +56,12 @@ class ListCache:
                 entry = self._entries.get(key)
                 if entry is not None and entry[0] == generation:
                     return entry[2]  # built meanwhile by the thread we waited for
-            return self._build(generation, key, compute)
+            try:
+                return self._build(generation, key, compute)
+            finally:
+                with self._lock:  # keys come from query strings: keep no lock per key once built
+                    if self._building.get(key) is building:
+                        del self._building[key]
 
     def _build(self, generation, key: tuple, compute: Callable[[], object]) -> str:
         built = time.monotonic()
