@@ -445,8 +445,15 @@ def test_files_are_private_and_jobs_get_no_service_environment(env):
     started = client.post("vm/%s/backup/env" % vm.hostname)
     assert env.wait(client, started.task_id)["code"] == 200
     assert stat.S_IMODE(os.stat(env.data_dir).st_mode) == 0o700
-    for name in ("main.json", os.path.join("vms", vm.uuid + ".json")):
-        assert stat.S_IMODE(os.stat(os.path.join(env.data_dir, name)).st_mode) == 0o600, name
+    store_files = []  # the records (journal or files, whichever holds them now) and the locks
+    for folder, dirs, files in os.walk(env.data_dir):
+        dirs[:] = [d for d in dirs if d != "runs"]
+        for name in dirs:
+            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o700, name
+        store_files += [os.path.join(folder, name) for name in files]
+    assert any("journal" in path or path.endswith(".json") for path in store_files)
+    for path in store_files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     run = os.path.join(env.data_dir, "runs", started.task_id)
     for folder, dirs, files in os.walk(run):
         for name in dirs:

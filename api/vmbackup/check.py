@@ -11,14 +11,13 @@ gaps (weekdays only) is not late over the weekend.
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass, field
 
 from croniter import croniter
 
 from vmbackup.clock import parse
 from vmbackup.facts import OK as GOOD
-from vmbackup.store import Store
+from vmbackup.store import Store, is_data_dir
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -176,7 +175,7 @@ def run(data_dir: str, thresholds: Thresholds, vm: str | None = None, definition
         when: datetime.datetime | None = None) -> tuple[int, str]:
     """The whole check against a data dir; any error is UNKNOWN (a monitor must never see a traceback)."""
     from vmbackup.clock import now
-    if not os.path.isfile(os.path.join(data_dir, "main.json")):  # Store() would create an empty data dir
+    if not is_data_dir(data_dir):  # Store() would create an empty data dir
         return UNKNOWN, "VMBACKUP UNKNOWN - %s is not a vmbackup data dir" % data_dir
     try:
         findings = evaluate(Store(data_dir), when or now(), thresholds, vm, definition)

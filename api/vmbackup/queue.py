@@ -9,6 +9,7 @@ import collections
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from vmbackup import errors, jobs
 from vmbackup.clock import iso, now
@@ -60,13 +61,17 @@ class JobQueue:
                     del self._busy[disk]
 
     # -- running --------------------------------------------------------------------------------
-    def submit(self, task: dict) -> None:
-        """Record the task and start its run, or queue it while its backup node has no free slot."""
+    def submit(self, task: dict, records: Callable[[], None] | None = None) -> None:
+        """Record the task and start its run, or queue it while its backup node has no free slot.
+        `records` makes the record changes that go with the job: they and the task are one commit."""
         node = task.get("node")
         with self._lock:
             queued = self.jobs_per_node is not None and len(self._running[node]) >= self.jobs_per_node
             task["queued"] = queued
-            self.store.insert_task(task)
+            with self.store.lock:
+                if records is not None:
+                    records()
+                self.store.insert_task(task)
             if queued:
                 self._waiting[node].append(task["task_id"])
                 return
@@ -76,7 +81,8 @@ class JobQueue:
     def _hand_over(self, task: dict) -> None:
         with self._lock:
             self._starting.add(task["task_id"])
-        self._launches.put(task["task_id"])
+        # Never a run for a task that is not on disk yet (a caller's transaction may still be open).
+        self.store.after_commit(lambda: self._launches.put(task["task_id"]))
 
     def _launcher(self) -> None:
         while True:

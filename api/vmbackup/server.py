@@ -26,6 +26,7 @@ DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVE
 
 
 DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
+CHECKPOINT_EVERY = 2.0                 # seconds between folding the store's journal into its files
 DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
 DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
@@ -156,6 +157,7 @@ class Application:
         if schedule:
             self.scheduler.start()
         threading.Thread(target=self._housekeeping, daemon=True, name="housekeeping").start()
+        self.store.start_checkpoints(CHECKPOINT_EVERY, self._stop)
         if discover_every is None:
             return
 
@@ -183,6 +185,7 @@ class Application:
         self.scheduler.stop()
         if self.alerts is not None:
             self.alerts.stop()
+        self.store.checkpoint()  # leave whole files (the journal would be replayed at the next start anyway)
 
     def serve_metrics(self, listen: str) -> None:
         """Metrics without authentication on a listen address of their own, for a scraper (all series)."""

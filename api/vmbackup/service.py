@@ -360,11 +360,11 @@ class Service:
         plan = self._plan_backup(user, vm_name, bkpdef, data)
         task_id = self.task_id(user, "a" if automatic else "e")
         self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
-        self.store.insert_backup(plan["record"])
         self._submit_backups(task_id, user, plan["node"], [plan], define=bkpdef)
         return task_id
 
     def _submit_backups(self, task_id: str, user: dict, node: str, plans: list[dict], **task) -> None:
+        """Record the PENDING backups and their job's task (one commit) and start the job."""
         single = len(plans) == 1
         for n, plan in enumerate(plans):
             plan["item"]["progress_file"] = self.runner.progress_file(task_id, None if single else n)
@@ -379,7 +379,12 @@ class Service:
                             disk_id=first["disk_id"] if single else None,
                             bkpname=first["bkpname"] if single else [p["bkpname"] for p in plans],
                             view="vm_backup", method="POST", **task)
-        self.queue.submit(record)
+
+        def records() -> None:
+            for plan in plans:
+                self.store.insert_backup(plan["record"])
+
+        self.queue.submit(record, records)
 
     def _plan_backup(self, user: dict, vm_name: str, bkpdef: str, data: dict) -> dict:
         """Every check of a create, in order; the record and the playbook item of the backup."""
@@ -451,8 +456,6 @@ class Service:
                         continue
                     claimed.append(plan)
                 if claimed:
-                    for plan in claimed:
-                        self.store.insert_backup(plan["record"])
                     self._submit_backups(task_id, SCHEDULER, node, claimed)
                     started.append(task_id)
         return started, refused
@@ -499,7 +502,6 @@ class Service:
             raise errors.Locked(errors.VM_NOT_STOPPED)
         task_id = self.task_id(user, "e")
         self.queue.claim([(target["uuid"], disk["disk_id"])], task_id)
-        self.store.update_backup(backup["vm_uuid"], backup["disk_id"], backup["name"], {"status": RESTORE})
         extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
                      "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
                      "hostname": backup["hostname"], "file_path": backup.get("file_path"),
@@ -509,7 +511,9 @@ class Service:
         self.queue.submit(self._task(task_id, user, RestoreJob, extravars, vm_uuid=target["uuid"],
                                      hostname=target["hostname"], disk_id=disk["disk_id"], bkpname=backup["name"],
                                      backup_key=[backup["vm_uuid"], backup["disk_id"], backup["name"]],
-                                     view="vm_backup", method="PUT"))
+                                     view="vm_backup", method="PUT"),
+                          lambda: self.store.update_backup(backup["vm_uuid"], backup["disk_id"], backup["name"],
+                                                           {"status": RESTORE}))
         return task_id
 
     def delete_backup(self, user: dict, original: str, name: str, data: dict) -> str | dict:
@@ -554,12 +558,15 @@ class Service:
         task_id = self.task_id(user, "e")
         self.queue.claim([(first["vm_uuid"], first["disk_id"])], task_id)
         names = [b["name"] for b in backups]
-        for name in names:
-            self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": PENDING})
+
+        def records() -> None:
+            for name in names:
+                self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": PENDING})
+
         extravars = self._backup_vars(first, bkpname=names)
         self.queue.submit(self._task(task_id, user, DeleteJob, extravars, vm_uuid=first["vm_uuid"],
                                      hostname=first["hostname"], disk_id=first["disk_id"], bkpname=names,
-                                     view="vm_backup", method="DELETE"))
+                                     view="vm_backup", method="DELETE"), records)
         return task_id
 
     def _backup_vars(self, backup: dict, **more) -> dict:
