@@ -24,7 +24,7 @@ import yaml
 from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes, write_inventory
 
 from vmbackup import auth as authmod
-from vmbackup import errors, unsafe
+from vmbackup import cpugroup, errors, unsafe
 from vmbackup.discovery import checked_vm
 from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
@@ -480,16 +480,20 @@ def test_finished_runs_folders_are_purged_and_their_tasks_stay(lab, tmp_path):
 
 def test_runs_work_at_the_runners_niceness(tmp_path):
     """A night's batch must not take the CPU from the API: runs are started under nice(1), the pid staying
-    the run's (nice execs ansible-runner), so cancel and the pid identity still hold."""
+    the run's (nice execs ansible-runner), so cancel and the pid identity still hold; where autogroups would
+    weigh each run's session like the service, in the CPU cgroup `cpugroup.for_runs` gives."""
     playbook = tmp_path / "nice.yml"
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-                        "    - ansible.builtin.shell: nice > {{ out }}\n")
+                        "    - ansible.builtin.shell: nice > {{ out }}; cat /proc/self/cgroup >> {{ out }}\n")
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
     own = os.nice(0)
+    placement = cpugroup.for_runs(7)
+    assert placement.reason
     for nice in (0, 7):
-        runner = Runner(str(tmp_path / ("runs%d" % nice)), str(inventory), nice=nice)
+        procs = placement.procs if nice else None
+        runner = Runner(str(tmp_path / ("runs%d" % nice)), str(inventory), nice=nice, cpu_group=procs)
         done = threading.Event()
         out = tmp_path / ("nice%d.txt" % nice)
         results = []
@@ -497,4 +501,11 @@ def test_runs_work_at_the_runners_niceness(tmp_path):
                      lambda result, results=results, done=done: (results.append(result), done.set()))
         assert done.wait(120), "the run did not end"
         assert results[0].status == "successful", results[0]
-        assert int(out.read_text()) == min(19, own + nice)
+        niceness, *cgroups = out.read_text().split()
+        assert int(niceness) == min(19, own + nice)
+        in_group = any(line.split(":")[2] == "/" + cpugroup.NAME for line in cgroups
+                       if "cpu" in line.split(":")[1].split(","))
+        assert in_group == (procs is not None), cgroups  # the shell in ansible-playbook's session is in it too
+    if placement.procs is not None:
+        with open(os.path.join(os.path.dirname(placement.procs), "cpu.shares")) as handle:
+            assert int(handle.read()) == cpugroup.weight(7) < 1024 / 4

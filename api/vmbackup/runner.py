@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmbackup import paths, unsafe
+from vmbackup import cpugroup, paths, unsafe
 
 
 @dataclass
@@ -37,13 +37,17 @@ class RunResult:
 class Runner:
     """Starts playbook runs and calls back when each ends."""
 
-    def __init__(self, runs_dir: str, inventory: str, poll: float = 0.5, nice: int = 10):
+    def __init__(self, runs_dir: str, inventory: str, poll: float = 0.5, nice: int = 10,
+                 cpu_group: str | None = None):
         self.runs_dir = runs_dir
         self.inventory = os.path.abspath(inventory)
         self.poll = poll
         # Runs work at this niceness (nice(1) execs ansible-runner, so the pid stays the run's): a night's
-        # batch on a busy controller must not slow the API's answers (CFS gives nice 10 a tenth of nice 0).
+        # batch on a busy controller must not slow the API's answers (CFS gives nice 10 a tenth of nice 0),
+        # and, where autogroups would weigh each run's session like the service, in a CPU cgroup
+        # (`cpugroup.for_runs`: the `cgroup.procs` file that every run joins before it starts).
         self.nice = nice
+        self.cpu_group = cpu_group
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         os.makedirs(runs_dir, exist_ok=True)
@@ -96,6 +100,8 @@ class Runner:
                 "--inventory", self.inventory, "--rotate-artifacts", "0"]
         if self.nice:
             argv = [shutil.which("nice") or "/usr/bin/nice", "-n", str(self.nice)] + argv
+        if self.cpu_group:
+            argv = cpugroup.JOIN + [self.cpu_group] + argv
         log = os.open(os.path.join(data_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         # A session of its own: the run outlives a restart of the service and is stopped as a group.
         try:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from vmbackup import errors, paths
+from vmbackup import cpugroup, errors, paths
 from vmbackup.alerts import Alerts, Webhooks
 from vmbackup.auth import Auth
 from vmbackup.clock import iso, now
@@ -52,7 +52,10 @@ class Application:
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
         # Discovery always runs here (it asks the nodes for the service's own records); jobs run on the engine.
-        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory, nice=job_nice)
+        placement = cpugroup.for_runs(job_nice)
+        (log.info if placement.below else log.warning)("%s", placement.reason)
+        self.local_runner = Runner(os.path.join(self.data_dir, "runs"), self.inventory, nice=job_nice,
+                                   cpu_group=placement.procs)
         if engine == "awx":
             if not awx_url or not awx_token:
                 raise RuntimeError("--engine awx needs --awx-url and a token (--awx-token-file or VMBACKUP_AWX_TOKEN)")

@@ -15,9 +15,9 @@ whole files and a journal whose whole lines are replayed over them at the next o
 
 The shared memory file `<data dir>/generation` holds a generation counter bumped by every commit, the
 journal segment written to (head) and the oldest one not yet checkpointed (tail). On entering the lock a
-store whose generation is behind reads the journal lines other processes wrote, and after a checkpoint
-re-reads the files it changed. So a read-modify-write never works on stale data and no record written
-by another process is lost. Files are private: the data dir 0700, files 0600.
+store whose generation is behind reads the journal lines other processes wrote, and one whose tail is
+behind (a checkpoint ended) re-reads the files it changed. So a read-modify-write never works on stale
+data and no record written by another process is lost. Files are private: the data dir 0700, files 0600.
 """
 
 from __future__ import annotations
@@ -351,9 +351,9 @@ class Store:
     def _sync(self) -> None:
         """Catch up with what other processes wrote since this store last looked (called under the flock)."""
         generation = self._read_generation()
-        if generation == self._seen_generation:
-            return
         head, tail = self._head_tail()
+        if generation == self._seen_generation and tail == self._tail_seen:
+            return
         opening = self._seen_generation < 0
         if opening or tail != self._tail_seen:
             # A checkpoint ended (or this is the first look): the files hold everything before the tail.
@@ -458,10 +458,10 @@ class Store:
                 finally:
                     os.close(fd)
             with self.lock:
+                # The others see the new tail on their next sync, re-read the files and replay from it; the
+                # generation stays (no record changed), so nothing built from the records is rebuilt.
                 self._set_head_tail(head + 1, head + 1)
                 self._tail_seen = head + 1
-                self._dirty = True
-                self._publish()  # the others re-read the files and replay from the new tail
             self.journal.remove(present)
             return len(snapshot)
         finally:
