@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 
 from croniter import croniter
 
@@ -68,8 +69,24 @@ class Scheduler:
         if not self.acquire():
             log.warning("another instance schedules backups for this data dir; this one will not")
             return False
+        self.warm()
         threading.Thread(target=self._loop, daemon=True, name="scheduler").start()
         return True
+
+    def warm(self) -> None:
+        """Work out every definition's next due time and newest backup before the service answers: done in
+        the first tick, beside the first requests, it held them up (4,000 definitions: ~100 ms of cron
+        arithmetic, then a read of every backup record)."""
+        started = time.monotonic()
+        definitions = self.store.definitions()
+        try:
+            for definition in definitions:
+                if definition.get("active"):
+                    self.next_due(definition)
+            self.service.drill_candidates()
+        except Exception:  # the ticks meet the same error and log it each time; the service must start
+            log.exception("scheduler warm-up failed")
+        log.info("scheduler: %d definitions looked at in %.2f s", len(definitions), time.monotonic() - started)
 
     def stop(self) -> None:
         self._stop.set()
