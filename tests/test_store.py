@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+from vmbackup import journal
 from vmbackup.auth import Auth, check_password
 from vmbackup.store import Store
 
@@ -272,3 +273,17 @@ def test_a_commit_that_cannot_be_written_leaves_no_trace(tmp_path):
     assert [(b["name"], b["note"]) for b in store.backups(vm_uuid=UUID)] == [("daily-1", "")]
     store.insert_backup(a_backup("daily-3"))
     assert {b["name"] for b in Store(str(tmp_path)).backups(vm_uuid=UUID)} == {"daily-1", "daily-3"}
+
+
+def test_a_journal_line_naming_a_file_outside_the_store_is_ignored(tmp_path):
+    data = tmp_path / "data"
+    store = Store(str(data))
+    store.insert_backup(a_backup("daily-1"))
+    segment = os.path.join(data, "journal", os.listdir(os.path.join(data, "journal"))[0])
+    forged = {"../outside.json": {"t": {"1": {"x": 1}}}, "vms/../../escape.json": {"t": {"1": {"x": 1}}},
+              "vms/%s.json" % UUID: {"backups": {"99": dict(a_backup("daily-2"))}}}
+    with open(segment, "ab") as handle:
+        handle.write(journal.encode(forged))
+    reopened = Store(str(data))
+    assert {b["name"] for b in reopened.backups(vm_uuid=UUID)} == {"daily-1", "daily-2"}
+    assert sorted(os.listdir(tmp_path)) == ["data"] and not os.path.exists(data / "outside.json")

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "0: no scheduled drills (default: %(default)s)")
     serve.add_argument("--job-nice", type=int, default=server_defaults.DEFAULT_JOB_NICE, choices=range(0, 20),
                        metavar="0-19", help="niceness of the local playbook runs, so that the API answers quickly "
-                       "while they work (default: %(default)s; 0: the service's own)")
+                       "while they work; where autogroups would undo it, the runs also join a CPU cgroup of "
+                       "that weight (default: %(default)s; 0: the service's own)")
     serve.add_argument("--batch-runs", type=int, default=None, metavar="N",
                        help="runs a backup node's scheduled batch is split into, each compute node's disks in one "
                        "(default: the number of CPUs, %d here)" % (os.cpu_count() or 1))

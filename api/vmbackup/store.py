@@ -45,8 +45,8 @@ FILE_MODE, DIR_MODE = 0o600, 0o700
 # A file changed within this many seconds is re-read on a sync even if its stat looks the same: file
 # times are only as fine as the kernel's clock tick, so two writes in one tick can share an mtime.
 RECENT = 2.0
-# Which file of the data dir a journal line names (anything else in a journal is ignored).
-PARTITION_RE = re.compile(r"(main|vms/[0-9A-Za-z][0-9A-Za-z_.-]{0,99}|tasks/[0-9]{4}-[0-9]{2}-[0-9]{2})\.json\Z")
+# Which file of the data dir a journal line may name: one of ours, never a path out of its folder.
+PARTITION_RE = re.compile(r"(main|vms/[^/\x00]{1,200}|tasks/[0-9]{4}-[0-9]{2}-[0-9]{2})\.json\Z")
 
 
 class Ambiguous(LookupError):
