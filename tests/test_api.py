@@ -385,6 +385,22 @@ def test_a_restart_during_a_job_finds_the_job_again(env):
     assert [b["status"] for b in backups] == [1] and backups[0]["size"] > 6 * 2**20
 
 
+def test_a_backup_answered_just_before_the_service_is_killed_is_made(env):
+    """The 201 comes once the backup's record and task are on disk (one journal line; the files come at the
+    next checkpoint): a SIGKILL right after it loses neither, and the next service finishes the job."""
+    client, vm = env.client(), env.vms["b"]
+    define(client, vm, "killed")
+    started = client.post("vm/%s/backup/killed" % vm.hostname)
+    env.stop(signal.SIGKILL)
+    assert started.status == 201
+    env.start()
+    client = env.client()
+    status = env.wait(client, started.task_id)
+    assert status["code"] == 200, status
+    backups = client.get("vm/%s/backup" % vm.hostname, define="killed", full=True).result
+    assert [b["status"] for b in backups] == [1]
+
+
 def test_openapi_describes_every_route(env):
     spec = env.client().get("openapi.json")
     assert spec.status == 200
