@@ -114,8 +114,13 @@ class JobQueue:
 
     def _next(self, node: str | None) -> None:
         """A job on `node` ended: start the next waiting one there, if any."""
+        # Which runs still live is asked outside the lock (the AWX engine asks over HTTP); a run added
+        # meanwhile was not asked about and stays.
         with self._lock:
-            self._running[node] = {t for t in self._running[node] if t in self._starting or self.runner.running(t)}
+            asked = {t for t in self._running[node] if t not in self._starting}
+        ended = {t for t in asked if not self.runner.running(t)}
+        with self._lock:
+            self._running[node] -= ended - self._starting
             if not self._waiting[node] or (self.jobs_per_node is not None
                                            and len(self._running[node]) >= self.jobs_per_node):
                 return
