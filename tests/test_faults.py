@@ -78,8 +78,10 @@ def backup_state(node, vm: LabVM) -> dict:
     return state
 
 
-def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for: float | None = None) -> str:
-    """Once `at_bytes` went through the stream, set the node's link down (and up again after `down_for`)."""
+def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for: float | None = None,
+               wait: float = 120) -> str:
+    """Once `at_bytes` went through the stream, set the node's link down (and up again after `down_for`,
+    else once the run ended)."""
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -96,7 +98,7 @@ def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for:
         if down_for is not None:
             time.sleep(down_for)
             node.link(True)
-        rc, out = run.wait(120)
+        rc, out = run.wait(wait)
     finally:
         node.link(True)
     assert rc != 0, out[-4000:]
@@ -204,7 +206,11 @@ def test_compute_zfs_killed_mid_send(netlab, progress):
     assert len(newest) == 1 and newest[0] not in left
 
 
-def test_link_cut_during_a_restore_leaves_the_target_disk_as_it_was(netlab, progress):
+@pytest.mark.parametrize("down_for", [15, None], ids=["back-within-a-minute", "down-until-the-run-ends"])
+def test_link_cut_during_a_restore_leaves_the_target_disk_as_it_was(netlab, progress, down_for):
+    """The backup is received beside the disk, which is only swapped once the copy is complete: a link cut
+    in the transfer leaves the disk in its place however long it stays down (the restore waits a minute to
+    destroy its partial copy; after that it names it)."""
     compute = netlab.node("compute")
     vm = new_vm(compute)
     disk = vm.disk(compute.pools[0], 0)
@@ -215,11 +221,21 @@ def test_link_cut_during_a_restore_leaves_the_target_disk_as_it_was(netlab, prog
     datasets = [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split() if vm.uuid in n]
     run = Run(netlab, "restore.yml", progress, hostname=vm.hostname, bkpname=bkpname,
               target_hostname=vm.hostname, target_disk_id=1, bwlimit=BWLIMIT)
-    # Down long enough for the stream to fail; back within the time the restore waits to put the disk back.
-    out = cut_midway(compute, run, progress, down_for=15)
-    assert "transfer failed" in out and "back to %s" % disk in out, out[-4000:]
+    out = cut_midway(compute, run, progress, down_for=down_for, wait=240)
+    assert "transfer failed" in out and "back to %s" % disk not in out, out[-4000:]  # it never moved
     assert compute.checksums(disk) == sums
-    assert [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split() if vm.uuid in n] == datasets
+    now = [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split() if vm.uuid in n]
+    if down_for is not None:  # back within the minute: the partial copy was destroyed
+        assert now == datasets
+        return
+    assert "LEFT %s-restore-" % disk in out and "is as it was" in out, out[-4000:]
+    left = [n for n in now if n not in datasets]
+    assert set(datasets) <= set(now) and all(n.startswith(disk + "-restore-") and n.endswith("-new") for n in left)
+    deadline = time.monotonic() + 120
+    for name in left:  # what the operator is told to do, once its zfs receive has noticed the cut
+        while compute.run(["zfs", "destroy", "-r", name], check=False).returncode != 0:
+            assert time.monotonic() < deadline, "%s stayed busy" % name
+            time.sleep(2)
 
 
 def test_a_node_that_stops_answering_is_423_within_one_discovery(netlab):

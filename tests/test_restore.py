@@ -176,9 +176,10 @@ def test_a_stream_that_breaks_midway_leaves_the_target_as_it_was(lab, vm):
     assert res["checksum_verified"] is True  # the check passed; zfs receive found the stream cut short
     assert any(s["stage"] == "zfs receive" and s["rc"] for s in res["stages"]), dumps(res)
     assert "zfs receive" in res["cmd"] and res["rc"] and res["stderr"] is not None  # the failed stage, in the shape
-    assert any("back to %s" % disk in line for line in res["cleanup"]), dumps(res)
+    # The disk never moved: the stream went into a copy beside it, which zfs receive or the undo removed.
+    assert not any(line.startswith(("rename", "FAILED", "LEFT")) for line in res["cleanup"]), dumps(res)
     assert res["kept_aside"] is None
-    assert state(disk) == before  # same data, same dataset (guid), same snapshots, mounted again
+    assert state(disk) == before  # same data, same dataset (guid), same snapshots, still mounted
     assert leftovers(disk) == []
 
 
@@ -190,7 +191,8 @@ def test_a_failure_after_the_receive_destroys_the_new_disk_and_puts_the_old_one_
     before = state(target)
     res = restore(lab, vm, "daily-20261129_055000", target)
     assert res.failed and "quota" in res["cmd"] and res["rc"] and res["stderr"], dumps(res)
-    assert res["cleanup"][0] == "destroy half-received %s" % target, dumps(res)
+    assert res["cleanup"][0] == "destroy the new copy %s" % target, dumps(res)  # swapped in, then refused
+    assert res["cleanup"][1].startswith("rename %s-restore-" % target), dumps(res)
     assert state(target) == before
     assert leftovers(target) == []
 
@@ -203,19 +205,21 @@ def restore_and_interrupt(args: dict, sig: int = signal.SIGTERM) -> dict:
     deadline = time.monotonic() + 60
     receiver = []
     while not receiver and time.monotonic() < deadline:
-        receiver = pids_of("zfs receive -u %s$" % args["target"])
+        receiver = pids_of("zfs receive -u %s-restore-[0-9_]+-new$" % args["target"])
         time.sleep(0.1)
     assert receiver, "the transfer never started"
     time.sleep(1.5)  # let some data land in the new dataset first
     outcome["aside at the kill"] = leftovers(args["target"])
+    outcome["disk at the kill"] = state(args["target"])
     os.kill(parent_of(receiver[0]), sig)
     worker.join(120)
     outcome["res"]["aside_at_the_kill"] = outcome["aside at the kill"]
+    outcome["res"]["disk_at_the_kill"] = outcome["disk at the kill"]
     return outcome["res"]
 
 
 @pytest.mark.parametrize("kind", ["dataset", "file"])
-def test_sigterm_midway_puts_the_old_disk_back(lab, vm, kind):
+def test_sigterm_midway_leaves_the_old_disk_as_it_was(lab, vm, kind):
     disk = vm.disk(lab.compute_pool, 0)
     made = backup(lab, vm, "daily-20261129_060000", type=kind)
     assert not made.failed, dumps(made)
@@ -227,11 +231,11 @@ def test_sigterm_midway_puts_the_old_disk_back(lab, vm, kind):
     res = restore_and_interrupt({"zpool": lab.backup_pool, "backup": "daily-20261129_060000", "vm_uuid": vm.uuid,
                                  "target": disk, "type": kind, "bwlimit": 2 * 2**20})
     assert res.failed and "signal %d" % signal.SIGTERM in res["msg"], dumps(res)
-    assert len(res["aside_at_the_kill"]) == 1  # the old disk had really been moved away...
-    # ...and was renamed back (a killed zfs receive removes its half-made dataset itself; one left over
-    # would be destroyed first, as "destroy half-received")
-    assert any(line.startswith("rename %s back" % res["aside_at_the_kill"][0]) for line in res["cleanup"]), dumps(res)
-    assert not any(line.startswith("FAILED") for line in res["cleanup"]), dumps(res)
+    # While the backup came in, beside it, the disk itself was untouched...
+    assert [n.endswith("-new") for n in res["aside_at_the_kill"]] == [True], dumps(res)
+    assert res["disk_at_the_kill"] == before
+    # ...and the partial copy is gone (a killed zfs receive removes it itself, or the undo destroys it).
+    assert not any(line.startswith(("FAILED", "LEFT", "rename")) for line in res["cleanup"]), dumps(res)
     assert state(disk) == before
     assert leftovers(disk) == []
 
@@ -277,8 +281,9 @@ def test_check_mode_says_what_would_happen_and_changes_nothing(lab, vm):
     before = state(disk)
     res = restore(lab, vm, "file-20261129_080000", disk, check=True, type="file")
     assert not res.failed and res["changed"], dumps(res)
-    assert res["cmd"].startswith("gzip -d -c %s" % made["file_path"]) and "zfs receive -u %s" % disk in res["cmd"]
-    assert res["checksum_verified"] is True and "would keep %s aside" % disk in res["msg"]
+    assert res["cmd"].startswith("gzip -d -c %s" % made["file_path"])
+    assert "zfs receive -u %s-restore-" % disk in res["cmd"]
+    assert res["checksum_verified"] is True and "beside %s, then swap them" % disk in res["msg"]
     assert state(disk) == before and leftovers(disk) == []
 
 

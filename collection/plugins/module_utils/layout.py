@@ -188,8 +188,10 @@ def compression_of_file(path: str) -> str:
 # send.py keeps a backup dataset whose chain broke aside as `<target>-aside-<time>`; its snapshots
 # are still backups of that disk, so listing, restore and prune look there too.
 DATASET_ASIDE_MARK = "-aside-"
-# A restore keeps the target disk aside as `<target>-restore-<time>` until the new one is complete.
+# A restore receives the backup as `<target>-restore-<time>-new`; once it is complete, the target disk is
+# renamed `<target>-restore-<time>`, the new one takes its name, and the old one is destroyed.
 RESTORE_ASIDE_MARK = "-restore-"
+RESTORE_INCOMING_SUFFIX = "-new"
 # `<uuid>-disk<N>` or `<uuid>-disk<N>-aside-<time>`: the leaf of a dataset under <zpool>/backups/ds.
 BACKUP_DATASET_LEAF_RE = re.compile(r"^(?P<uuid>[0-9a-fA-F-]{36})-disk(?P<disk>[0-9]+)(?P<aside>%s.+)?\Z"
                                     % re.escape(DATASET_ASIDE_MARK))
@@ -225,8 +227,13 @@ def backup_of_file(filename: str) -> str | None:
 
 
 def restore_aside_name(target: str, stamp: str) -> str:
-    """Where a restore keeps the target disk while the backup is received in its place."""
+    """Where a restore keeps the old disk during the swap, until the new one is in its place and complete."""
     return "%s%s%s" % (target, RESTORE_ASIDE_MARK, stamp)
+
+
+def restore_incoming_name(target: str, stamp: str) -> str:
+    """Where a restore receives the backup, beside the target disk, which stays as it is until the end."""
+    return restore_aside_name(target, stamp) + RESTORE_INCOMING_SUFFIX
 
 
 # A verify drill restores a backup into a scratch dataset `<parent>/<leaf>-verify-<pid>` and destroys it at the

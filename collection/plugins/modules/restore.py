@@ -18,14 +18,18 @@ description:
   - A file backup is C(<zpool>/backups/file/<vm_uuid>/disk<disk>/<backup>-full.zfs[.ext]). Its sha256 is
     checked against its manifest first; a file that does not match is refused before anything changes. It is
     decompressed by its extension (C(.gz), C(.bz2), C(.xz), C(.zst), C(.lz4) or none).
-  - The target disk is first kept aside as C(<target>-restore-<time>) (unmounted); the backup is received in
-    its place with C(zfs receive -u); the properties set on the old disk (quota, refquota, reservation,
-    refreservation, recordsize, compression, mountpoint, volsize and the like, and all user properties such
-    as C(vmbackup:hostname)) are set on the new one; it is mounted if the old one was. Only then is the old
-    copy destroyed, with its snapshots.
-  - Any failure, SIGTERM included, destroys the half-received disk and renames the old copy back, untouched
-    (same guid, same snapshots, same data). When the target node cannot be reached (a cut link), the module
-    waits up to 60 seconds for it to answer again before it gives up and says where the old disk is.
+  - The backup is received beside the target disk, as C(<target>-restore-<time>-new) with C(zfs receive -u);
+    the target disk stays as it is meanwhile. Once the new copy is complete, the two swap names (the old disk
+    becomes C(<target>-restore-<time>), unmounted, for the few commands of the swap), the properties set on
+    the old disk (quota, refquota, reservation, refreservation, recordsize, compression, mountpoint, volsize
+    and the like, and all user properties such as C(vmbackup:hostname)) are set on the new one, it is mounted
+    if the old one was, and only then is the old copy destroyed, with its snapshots.
+  - Any failure, SIGTERM included, leaves the old disk as it was (same name, guid, snapshots and data). A
+    failure while receiving (a cut link, a full pool) never touched it, and the partial copy is destroyed; a
+    failure during the swap renames the old disk back. When the target node cannot be reached, the module
+    waits up to 60 seconds for it to answer again; a partial copy it could not destroy is named in the
+    result, and only a link lost in the middle of the swap can leave the old disk aside (the result says
+    where).
   - The snapshot that came with the stream is removed from the restored disk, so that it holds no snapshot.
 version_added: "0.1.0"
 author: vmbackup developers (@vmbackup)
@@ -163,7 +167,8 @@ time:
 kept_aside:
   description:
     - Where the old disk is kept. Null at the end of a successful restore (it was destroyed) and after a
-      failure (it was renamed back); set only when the restore succeeded but the old copy could not be destroyed.
+      failure (it was never moved, or renamed back); set when the restore succeeded but the old copy could not
+      be destroyed, or when the target node was lost in the middle of the swap.
   returned: always
   type: str
   sample: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-restore-20261128_050000
@@ -237,7 +242,9 @@ class Restore(Transfer):
         self.target = self.peer
         self.disk = p["target"]
         self.vm_uuid = p["vm_uuid"].lower()
-        self.aside = layout.restore_aside_name(self.disk, time.strftime(layout.BACKUP_TIME_FORMAT, time.gmtime()))
+        stamp = time.strftime(layout.BACKUP_TIME_FORMAT, time.gmtime())
+        self.aside = layout.restore_aside_name(self.disk, stamp)
+        self.incoming = layout.restore_incoming_name(self.disk, stamp)
         self.result.update(backup=p["backup"], type=self.kind, target=self.disk, source=None, file_path=None,
                            kept_aside=None, checksum_verified=False, properties={}, dropped_snapshots=[],
                            diff={"before": None, "after": None})
@@ -245,6 +252,7 @@ class Restore(Transfer):
         self._old_guid: str | None = None
         self._old_type: str | None = None
         self._was_mounted = False
+        self._swapping = False  # from the first rename of the swap on, the old disk may be aside
 
     # -- checks (nothing changes) ---------------------------------------------------------------
     def check_target(self) -> None:
@@ -271,15 +279,17 @@ class Restore(Transfer):
         self.result["dropped_snapshots"] = snaps
         before = {"disk": self.disk, "guid": self._old_guid, "snapshots": snaps}
         self.result["diff"] = {"before": before, "after": dict(before, guid=None, snapshots=[])}
-        if Dataset(self.target, self.aside).exists():
-            raise RestoreFailed("target: %s already exists; another restore is running" % self.aside)
+        for name in (self.aside, self.incoming):
+            if Dataset(self.target, name).exists():
+                raise RestoreFailed("target: %s already exists; another restore is running" % name)
 
     def _leftovers_hint(self) -> str:
         """A restore killed outright (SIGKILL) leaves the old disk aside: say where, the operator decides."""
         parent = self.disk.rsplit("/", 1)[0]
         try:
             prefix = self.disk + layout.RESTORE_ASIDE_MARK
-            kept = [c for c in Dataset(self.target, parent).children() if c.startswith(prefix)]
+            kept = [c for c in Dataset(self.target, parent).children()
+                    if c.startswith(prefix) and not c.endswith(layout.RESTORE_INCOMING_SUFFIX)]
         except ZfsError:
             return ""
         if not kept:
@@ -353,28 +363,23 @@ class Restore(Transfer):
             source, total = self.file_source()
         pipeline = Pipeline().add(source, "zfs send" if self.kind == "dataset" else source[0])
         pipeline.add(stream.meter_stage(self.p["bwlimit"]), "meter")
-        pipeline.add(self.target.argv(["zfs", "receive", "-u", self.disk]), "zfs receive")
+        pipeline.add(self.target.argv(["zfs", "receive", "-u", self.incoming]), "zfs receive")
         self.result.update(cmd=str(pipeline), changed=True)
         if self.module.check_mode:
-            self.result["msg"] = ("would keep %s aside as %s, receive %s in its place, set its properties, "
-                                  "then destroy the old disk%s" % (
-                                      self.disk, self.aside, self.result["source"],
+            self.result["msg"] = ("would receive %s as %s beside %s, then swap them (the old disk as %s), set "
+                                  "its properties, and destroy the old disk%s" % (
+                                      self.result["source"], self.incoming, self.disk, self.aside,
                                       " and its snapshots" if self.result["dropped_snapshots"] else ""))
             return
 
-        disk = Dataset(self.target, self.disk)
+        disk, incoming = Dataset(self.target, self.disk), Dataset(self.target, self.incoming)
         properties = {k: v for k, v in disk.local_properties().items()
                       if k in layout.RESTORE_PROPERTIES or ":" in k}
         old_blocksize = disk.get("volblocksize")
-        if self._was_mounted:
-            disk.unmount()
-        # Unmounted, it stays unmounted once renamed: the old and the new disk never share a mountpoint.
-        disk.rename(self.aside)
-
-        self.transfer(pipeline, total)
-        for snap in disk.snapshots():
+        self.transfer(pipeline, total)  # the long part: the disk is untouched while it runs
+        for snap in incoming.snapshots():
             Dataset(self.target, snap.full).destroy()  # the one that came with the stream
-        new = disk.properties(["type", "volsize", "volblocksize", "guid"])
+        new = incoming.properties(["type", "volsize", "volblocksize", "guid"])
         self.result["diff"]["after"]["guid"] = new.get("guid")
         if new["type"] != self._old_type:
             raise RestoreFailed("the backup holds a %s, the target %s was a %s"
@@ -382,6 +387,14 @@ class Restore(Transfer):
         if new.get("volblocksize", "-") != old_blocksize:
             self.module.warn("volblocksize of %s is %s now (the backup's), it was %s" % (
                 self.disk, new.get("volblocksize"), old_blocksize))
+
+        # The swap: a few quick commands. Unmounted, the old disk stays unmounted once renamed: the old and the
+        # new disk never share a mountpoint.
+        self._swapping = True
+        if self._was_mounted:
+            disk.unmount()
+        disk.rename(self.aside)
+        incoming.rename(self.disk)
         if "volsize" in properties and int(properties["volsize"]) <= int(new["volsize"]):
             if int(properties["volsize"]) < int(new["volsize"]):
                 self.module.warn("%s keeps the backup's volsize %s: shrinking it to the old %s could cut data"
@@ -419,24 +432,38 @@ class Restore(Transfer):
 
     # -- failure --------------------------------------------------------------------------------
     def undo(self) -> list[str]:
-        """Destroy the half-received disk and put the old one back; return what was done.
+        """Destroy the new copy and, if the swap had begun, put the old disk back; return what was done.
 
-        What to do is read from the node, not from flags: a signal may have cut a rename short.
+        What to do is read from the node, not from flags: a signal may have cut a rename short. Lines that
+        start with FAILED mean the old disk may not be in its place; LEFT names a partial copy to destroy.
         """
         ignore_signals()  # a second SIGTERM must not leave the disk aside
         if self._old_guid is None:
             return self.cleanup  # refused before anything changed
         if not self.target.is_local and not self._target_answers(UNDO_WAIT):
-            self.cleanup.append("FAILED to reach %s within %ds to put %s back; it may be kept aside as %s"
-                                % (self.target.name, UNDO_WAIT, self.disk, self.aside))
+            if self._swapping:
+                self.cleanup.append("FAILED to reach %s within %ds to put %s back; it may be kept aside as %s"
+                                    % (self.target.name, UNDO_WAIT, self.disk, self.aside))
+            else:
+                self.cleanup.append("LEFT %s on %s, which did not answer within %ds: %s is as it was; destroy the "
+                                    "partial copy with zfs destroy -r once the node answers"
+                                    % (self.incoming, self.target.name, UNDO_WAIT, self.disk))
             return self.cleanup
         disk, aside = Dataset(self.target, self.disk), Dataset(self.target, self.aside)
+        incoming = Dataset(self.target, self.incoming)
         try:
             if aside.exists() and aside.get("guid") == self._old_guid:
-                if disk.exists():
-                    if not self.attempt("destroy half-received %s" % disk, self._destroy_half_received):
+                if disk.exists():  # the new copy, renamed in already
+                    if not self.attempt("destroy the new copy %s" % disk, lambda: self._destroy_new(disk)):
                         return self.cleanup
                 self.attempt("rename %s back to %s" % (aside, disk), lambda: aside.rename(self.disk))
+            if incoming.exists():
+                try:
+                    self._destroy_new(incoming)
+                    self.cleanup.append("destroy half-received %s" % incoming)
+                except ZfsError as err:  # the disk is not at stake: say what is left, not FAILED
+                    self.cleanup.append("LEFT %s (%s): %s is as it was; destroy the partial copy with zfs "
+                                        "destroy -r" % (incoming, err, self.disk))
             if self._was_mounted and disk.exists() and disk.get("mounted") != "yes":
                 self.attempt("mount %s" % disk, disk.mount)
         except ZfsError as err:
@@ -452,13 +479,13 @@ class Restore(Transfer):
             time.sleep(2)
         return True
 
-    def _destroy_half_received(self) -> None:
+    @staticmethod
+    def _destroy_new(dataset: Dataset) -> None:
         """A killed `zfs receive` removes its dataset itself, maybe while we look: gone counts as done."""
-        disk = Dataset(self.target, self.disk)
         try:
-            disk.destroy(recursive=True)
+            dataset.destroy(recursive=True)
         except ZfsError:
-            if disk.exists():
+            if dataset.exists():
                 raise
 
 
