@@ -287,3 +287,28 @@ def test_a_journal_line_naming_a_file_outside_the_store_is_ignored(tmp_path):
     reopened = Store(str(data))
     assert {b["name"] for b in reopened.backups(vm_uuid=UUID)} == {"daily-1", "daily-2"}
     assert sorted(os.listdir(tmp_path)) == ["data"] and not os.path.exists(data / "outside.json")
+
+
+def test_a_checkpoint_cut_short_loses_nothing_at_the_next_one(tmp_path):
+    """A file that a checkpoint failed to write is written by the next one, before its segments go."""
+    store = Store(str(tmp_path))
+    store.insert_backup(a_backup("daily-1"))
+    storage = store._partition(UUID).storage
+    flush = storage.flush
+
+    def disk_full(data):
+        raise OSError(28, "No space left on device")
+
+    storage.flush = disk_full
+    try:
+        store.checkpoint()
+        raise AssertionError("the checkpoint did not fail")
+    except OSError as err:
+        assert err.errno == 28
+    storage.flush = flush
+    store.insert_task({"task_id": "t1", "status": "PENDING"})  # another file only, in the next segment
+    assert store.checkpoint() == 2
+    assert not os.listdir(os.path.join(tmp_path, "journal"))
+    os.remove(os.path.join(tmp_path, "generation"))  # nothing but the files now
+    reopened = Store(str(tmp_path))
+    assert [b["name"] for b in reopened.backups(vm_uuid=UUID)] == ["daily-1"] and reopened.get_task("t1")

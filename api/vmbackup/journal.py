@@ -19,6 +19,15 @@ FILE_MODE, DIR_MODE = 0o600, 0o700
 SEGMENT_RE = re.compile(r"[0-9]{16}\Z")
 
 
+def fsync_folder(path: str) -> None:
+    """Make the renames and unlinks in a folder durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def encode(changes: dict) -> bytes:
     body = json.dumps({"c": changes}, separators=(",", ":")).encode()
     return b"%08x %s\n" % (zlib.crc32(body), body)
@@ -104,12 +113,6 @@ class Journal:
             os.truncate(self.path(segment), offset + used)
         return found, offset + used
 
-    def size(self, segment: int) -> int:
-        try:
-            return os.stat(self.path(segment)).st_size
-        except FileNotFoundError:
-            return 0
-
     def forget(self, below: int) -> None:
         """Close this process's fds of segments older than `below` (a checkpoint dropped them)."""
         with self._sync_lock, self._fd_lock:
@@ -126,8 +129,4 @@ class Journal:
                 os.unlink(self.path(segment))
             except FileNotFoundError:
                 pass
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(self.folder)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from vmbackup.journal import Journal
+from vmbackup.journal import Journal, fsync_folder
 
 Doc = dict
 log = logging.getLogger("vmbackup.store")
@@ -449,14 +449,16 @@ class Store:
                             for name in sorted(self._touched)]
                 self._touched = set()
                 self._set_head_tail(head + 1, tail)  # later commits go to a new segment
-            for storage, data in snapshot:
-                storage.flush(data)
-            for folder in ("vms", "tasks", ""):
-                fd = os.open(os.path.join(self.data_dir, folder), os.O_RDONLY)
-                try:
-                    os.fsync(fd)  # the renames
-                finally:
-                    os.close(fd)
+            try:
+                for storage, data in snapshot:
+                    storage.flush(data)
+                for folder in ("vms", "tasks", ""):
+                    fsync_folder(os.path.join(self.data_dir, folder))  # the renames
+            except BaseException:
+                # Not all written: the next checkpoint writes them again, before it drops these segments.
+                with self.lock:
+                    self._touched.update(storage.name for storage, _data in snapshot)
+                raise
             with self.lock:
                 # The others see the new tail on their next sync, re-read the files and replay from it; the
                 # generation stays (no record changed), so nothing built from the records is rebuilt.
