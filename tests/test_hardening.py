@@ -503,7 +503,7 @@ def test_runs_work_at_the_runners_niceness(tmp_path):
         assert results[0].status == "successful", results[0]
         niceness, *cgroups = out.read_text().split()
         assert int(niceness) == min(19, own + nice)
-        in_group = any(line.split(":")[2] == "/" + cpugroup.NAME for line in cgroups
+        in_group = any(line.split(":")[2] == "/" + cpugroup.group_name(7) for line in cgroups
                        if "cpu" in line.split(":")[1].split(","))
         assert in_group == (procs is not None), cgroups  # the shell in ansible-playbook's session is in it too
     if placement.procs is not None:

@@ -15,7 +15,13 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-NAME = "vmbackup-runs"
+
+def group_name(nice: int) -> str:
+    """One group per niceness, shared by every service on the machine that runs at it: its weight is the
+    same whoever writes it (services at other nicenesses have groups of their own)."""
+    return "vmbackup-runs-nice%d" % nice
+
+
 # Prefix for a run's argv: the shell joins the group, then becomes the run (exec keeps the pid), so that
 # everything the run starts is in the group from its first instruction. The procs file is an argument,
 # never part of the script.
@@ -50,25 +56,25 @@ class Placement(NamedTuple):
     below: bool        # whether the runs are weighed below the service (False: a warning)
 
 
-def for_runs(nice: int, root: str | None = None) -> Placement:
+def for_runs(nice: int) -> Placement:
     """Where the runs go so that their niceness holds against the service."""
     if nice <= 0:
         return Placement(None, "runs share the service's priority (--job-nice 0)", True)
     if _read("/proc/sys/kernel/sched_autogroup_enabled").strip() != "1":
         return Placement(None, "runs work at nice %d (no autogroups on this kernel)" % nice, True)
-    cpu_path = next((line.split(":", 2)[2] for line in _read("/proc/self/cgroup").splitlines()
-                     if "cpu" in line.split(":")[1].split(",")), None)
-    unified = next((line.split(":", 2)[2] for line in _read("/proc/self/cgroup").splitlines()
-                    if line.startswith("0::")), None)
+    memberships = [line.split(":", 2) for line in _read("/proc/self/cgroup").splitlines() if line.count(":") >= 2]
+    cpu_path = next((path for _id, controllers, path in memberships if "cpu" in controllers.split(",")), None)
+    unified = next((path for hierarchy, controllers, path in memberships
+                    if hierarchy == "0" and not controllers), None)
     if (cpu_path or unified or "/") != "/":
         return Placement(None, "runs work at nice %d (the service is in CPU cgroup %s: no autogroups)"
                          % (nice, cpu_path or unified), True)
-    mount = root or (_cpu_mount() if cpu_path is not None else None)
+    mount = _cpu_mount() if cpu_path is not None else None
     if mount is None:
         return Placement(None, "runs work at nice %d, but each is a session of its own with autogroups on, "
                          "weighed like the service: run the service in a cgroup of its own (a systemd unit)"
                          % nice, False)
-    group = os.path.join(mount, NAME)
+    group = os.path.join(mount, group_name(nice))
     try:
         os.makedirs(group, exist_ok=True)
         with open(os.path.join(group, "cpu.shares"), "w") as handle:
