@@ -29,9 +29,14 @@ sanity: setup  ## ansible-test sanity and units on a real copy of the collection
 molecule: setup  ## the molecule scenario: converge, idempotence and verify on the lab's pools
 	$(VENV)/molecule test
 
-test: setup lint sanity  ## everything the tests need, then the tests (unit, then on real zfs-fuse pools) and molecule
+# The OpenZFS lab of the tests (tests/conftest.py boots its guests; stopped once pytest ends, pass or fail).
+OZLAB_TEST_DIR := /var/tmp/vmbackup-ozlab-test
+
+test: setup lint sanity  ## everything the tests need, then the tests (unit, zfs-fuse pools, OpenZFS guests) and molecule
+	$(VENV)/vmbackup ozlab image
 	$(VENV)/python -c "from vmbackup.lab import start_zfs_daemon; start_zfs_daemon()"
-	$(VENV)/pytest -q -n 2 --dist loadfile --durations=20 collection/tests/unit tests
+	$(VENV)/pytest -q -n 2 --dist loadfile --durations=30 collection/tests/unit tests; rc=$$?; \
+	  $(VENV)/vmbackup ozlab down --dir $(OZLAB_TEST_DIR); exit $$rc
 	$(VENV)/molecule test
 
 collection: setup  ## the Galaxy artifact (the collection alone) in dist/
@@ -40,8 +45,10 @@ collection: setup  ## the Galaxy artifact (the collection alone) in dist/
 bench: setup
 	bench/transfer
 
-lab-down: setup
+lab-down: setup  ## stop the labs: zfs-fuse pools, and the OpenZFS guests of `vmbackup ozlab up` and of the tests
 	$(VENV)/vmbackup lab down
+	$(VENV)/vmbackup ozlab down
+	$(VENV)/vmbackup ozlab down --dir $(OZLAB_TEST_DIR)
 
 clean:
 	rm -rf dist .pytest_cache

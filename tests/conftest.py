@@ -111,8 +111,38 @@ def netlab():
     from vmbackup.netlab import NetLab
     the_lab = NetLab(directory="/var/tmp/vmbackup-netlab-%s" % TAG, prefix="nl%d" % (os.getpid() % 10**7),
                      subnet="10.78.%d" % ((os.getpid() % 50) * 5 + WORKER + 1),
-                     nodes=[("compute1", "compute"), ("backup1", "backup")], pool_size="1G")
+                     nodes=[("compute1", "compute"), ("backup1", "backup"), ("compute2", "compute")],
+                     pool_size="1G")
     the_lab.up(vms=[])
     yield the_lab
     if not os.environ.get("VMBACKUP_TEST_KEEP"):
         the_lab.down()
+
+
+# The OpenZFS lab of the tests: QEMU guests (OpenZFS 2.3, zvols), shared by the test workers. `make test` brings
+# it up before pytest and down after; a test run alone brings it up (idempotent, under a lock) and leaves it
+# running for the next run (`vmbackup ozlab down --dir /var/tmp/vmbackup-ozlab-test` stops it).
+OZLAB_DIR = os.environ.get("VMBACKUP_TEST_OZLAB_DIR", "/var/tmp/vmbackup-ozlab-test")
+OZLAB = {"prefix": "vbozt", "subnet": "10.79.9", "pool": "zones", "pool_size": "3G",
+         "nodes": [("oz-c1", "compute"), ("oz-b1", "backup"), ("oz-c2", "compute")]}
+
+
+@pytest.fixture(scope="session")
+def ozlab():
+    """Guests `oz-c1`, `oz-c2` (compute) and `oz-b1` (backup), each with its pool `zones` on a virtio disk."""
+    import fcntl
+
+    from vmbackup.ozlab import OpenZfsLab
+    os.makedirs(os.path.dirname(OZLAB_DIR), exist_ok=True)
+    with open(OZLAB_DIR + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        the_lab = OpenZfsLab.load(OZLAB_DIR, **OZLAB)
+        the_lab.up(vms=[])
+    return the_lab
+
+
+@pytest.fixture(scope="module", params=["zfs-fuse", "openzfs"])
+def nodes(request):
+    """The same test on nodes reached by ssh running zfs-fuse (netlab: filesystems as VM disks) and OpenZFS
+    2.3 (the OpenZFS lab: zvols)."""
+    return request.getfixturevalue("netlab" if request.param == "zfs-fuse" else "ozlab")

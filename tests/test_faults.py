@@ -9,122 +9,45 @@ the failed run could not drop from an unreachable compute node is dropped by the
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from types import SimpleNamespace
 
 import pytest
 from api_env import ADMIN, ApiEnv
+from node_env import Run, backup_state, cut_midway, playbook, said, snapshots, wait_for_bytes
+from node_env import new_vm as make_vm
 
-from vmbackup.lab import LabVM
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 BWLIMIT = 2_000_000  # bytes/s: 10 MiB take 5 s, time enough to cut the link midway
 DATA_MB = 10
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veths and zfs-fuse need root")
 
 
-class Run:
-    """An ansible-playbook run in the background, its output in a file."""
-
-    def __init__(self, netlab, playbook: str, progress: str | None = None, **extra):
-        extra.setdefault("node", netlab.node("backup").name)
-        if progress:
-            extra["vmbackup_progress_file"] = progress
-        self.log = os.path.join(netlab.directory, "run-%s.log" % uuid.uuid4().hex[:8])
-        with open(self.log, "w") as handle:
-            self.proc = subprocess.Popen(
-                [os.path.join(BIN, "ansible-playbook"), "-i", netlab.inventory,
-                 os.path.join(ROOT, "playbooks", playbook), "-e", json.dumps(extra)],
-                cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_NOCOLOR="1"))
-
-    def wait(self, timeout: float = 180) -> tuple[int, str]:
-        rc = self.proc.wait(timeout)
-        with open(self.log) as handle:
-            return rc, handle.read()
-
-
-def playbook(netlab, name: str, **extra) -> str:
-    rc, out = Run(netlab, name, **extra).wait()
-    assert rc == 0, out[-4000:]
-    return out
-
-
-def new_vm(node, data_mb: int = DATA_MB) -> LabVM:
-    vm = LabVM(str(uuid.uuid4()), "f%s.lab" % uuid.uuid4().hex[:6], size_mb=128)
-    node.create_vm(vm, data_mb)
-    return vm
-
-
-def snapshots(node, dataset: str) -> list[str]:
-    out = node.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", dataset)
-    return [line.split("@", 1)[1] for line in out.splitlines()]
-
-
-def backup_state(node, vm: LabVM) -> dict:
-    """All the backup node holds of a VM: datasets and snapshots, and files (backups, manifests, parts)."""
-    names = node.zfs("list", "-H", "-o", "name", "-t", "all", "-r", node.pools[0]).splitlines()
-    files = node.run(["find", node.path("mnt"), "-path", "*%s*" % vm.uuid]).stdout.split()
-    state = {"datasets": sorted(n for n in names if vm.uuid in n), "files": sorted(files)}
-    assert not [n for n in names if "%" in n], names  # no half-received (%recv) dataset, of any VM
-    return state
-
-
-def cut_midway(node, run: Run, progress: str, at_bytes: int = 2 << 20, down_for: float | None = None,
-               wait: float = 120) -> str:
-    """Once `at_bytes` went through the stream, set the node's link down (and up again after `down_for`,
-    else once the run ended)."""
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with open(progress) as handle:
-                if json.load(handle)["bytes"] >= at_bytes:
-                    break
-        except (OSError, ValueError):
-            pass
-        assert run.proc.poll() is None, run.wait()[1][-4000:]
-        assert time.monotonic() < deadline, "the stream did not start"
-        time.sleep(0.2)
-    node.link(False)
-    try:
-        if down_for is not None:
-            time.sleep(down_for)
-            node.link(True)
-        rc, out = run.wait(wait)
-    finally:
-        node.link(True)
-    assert rc != 0, out[-4000:]
-    return out
-
-
-def said(out: str) -> str:
-    """What the playbook's last task said it did."""
-    return out.rsplit("TASK [Say what was done]", 1)[-1]
+def new_vm(node, data_mb: int = DATA_MB):
+    return make_vm(node, data_mb)
 
 
 @pytest.fixture
-def progress(netlab):
-    path = os.path.join(netlab.directory, "progress-%s.json" % uuid.uuid4().hex[:8])
+def progress():
+    """A progress file's path, the same on this machine, in netlab's nodes and in the OpenZFS lab's guests."""
+    path = "/var/tmp/vmbackup-progress-%s.json" % uuid.uuid4().hex[:8]
     yield path
     if os.path.exists(path):
         os.unlink(path)
 
 
-def test_link_cut_during_a_full_send(netlab, progress):
+def test_link_cut_during_a_full_send(nodes, progress):
+    """On netlab and on the OpenZFS lab (a zvol, between two guests)."""
+    netlab = nodes
     compute, backup = netlab.node("compute"), netlab.node("backup")
     vm = new_vm(compute)
     disk = vm.disk(compute.pools[0], 0)
     before = backup_state(backup, vm)
     run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="full", bwlimit=BWLIMIT)
-    out = cut_midway(compute, run, progress)
+    out = cut_midway(compute, run, progress, reader=backup)
     assert "transfer failed" in out, out[-4000:]
     assert backup_state(backup, vm) == before  # nothing received, no manifest
     # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
@@ -187,10 +110,7 @@ def test_compute_zfs_killed_mid_send(netlab, progress):
     sums = compute.checksums(disk)
     before = backup_state(backup, vm)
     run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="crash", bwlimit=BWLIMIT)
-    deadline = time.monotonic() + 90
-    while not (os.path.exists(progress) and json.load(open(progress))["bytes"] >= 2 << 20):
-        assert run.proc.poll() is None and time.monotonic() < deadline, run.wait()[1][-4000:]
-        time.sleep(0.2)
+    wait_for_bytes(run, progress, 2 << 20)
     compute.kill_zfs()
     rc, out = run.wait(120)
     assert rc != 0 and "transfer failed" in out, out[-4000:]

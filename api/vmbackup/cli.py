@@ -2,6 +2,7 @@
 
   vmbackup lab up|down|status           the local zfs-fuse lab
   vmbackup netlab up|down|status        a lab of separate nodes (namespaces, own zfs-fuse and sshd each)
+  vmbackup ozlab up|down|status         a lab of QEMU guests running OpenZFS 2.3, zvols as VM disks
   vmbackup serve                        the REST API
   vmbackup user add NAME [--admin]      a user (password on stdin)
   vmbackup discover                     ask the nodes for pools and VMs
@@ -50,6 +51,26 @@ def netlab_command(args: argparse.Namespace) -> int:
         print(the_lab.status())
         return 0
     if args.action == "down":
+        the_lab.down()
+    else:
+        print(the_lab.status())
+    return 0
+
+
+def ozlab_command(args: argparse.Namespace) -> int:
+    from vmbackup import ozlab
+    the_lab = ozlab.OpenZfsLab.load(args.dir)
+    given = {"prefix": args.prefix, "subnet": args.subnet, "pool": args.pool, "pool_size": args.size,
+             "accel": args.accel, "memory_mb": args.memory,
+             "nodes": ozlab.parse_nodes(args.node) if args.node else None}
+    if args.action == "up":
+        the_lab = dataclasses.replace(the_lab, **{k: v for k, v in given.items() if v is not None})
+        the_lab.up(data_mb=args.data_mb, boot_timeout=args.boot_timeout)
+        print(the_lab.status())
+    elif args.action == "image":
+        image = ozlab.ensure_image(the_lab.cache)
+        print("%s\n%s" % (image.folder, json.dumps(image.manifest, indent=1)))
+    elif args.action == "down":
         the_lab.down()
     else:
         print(the_lab.status())
@@ -202,6 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
     netlab.add_argument("--size", help="size of each pool file (default: 1G)")
     netlab.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM disk (default: 16)")
     netlab.set_defaults(func=netlab_command)
+
+    oz = sub.add_parser(
+        "ozlab", help="a lab of QEMU guests running OpenZFS 2.3 (zvols as VM disks), reached by ssh",
+        description="Build the guest image once from Debian's packages (image; cached by package versions "
+        "under /var/cache/vmbackup/openzfs-lab), boot the guests and make their pools and VM zvols (up), show "
+        "them (status) or stop them and remove the lab's folder, taps and bridge (down). The inventory is "
+        "written to DIR/hosts.yml. Idempotent; down and status use the settings up kept in DIR. A cold build "
+        "takes about 6 minutes, a boot under software emulation (TCG) about 40 s.")
+    oz.add_argument("action", choices=["up", "down", "status", "image"])
+    oz.add_argument("--dir", default=os.environ.get("VMBACKUP_OZLAB_DIR", "/var/tmp/vmbackup-ozlab"),
+                    help="the lab's folder (default: %(default)s)")
+    oz.add_argument("--node", action="append", metavar="ROLE:NAME",
+                    help="a guest, ROLE compute or backup; repeat (default: compute:oz-compute backup:oz-backup)")
+    oz.add_argument("--prefix", help="names of the bridge and taps (default: vboz)")
+    oz.add_argument("--subnet", help="the guests' /24; this host is .1 (default: 10.79.0)")
+    oz.add_argument("--pool", help="the pool every guest has (default: zones)")
+    oz.add_argument("--size", help="size of each guest's pool disk (default: 2G)")
+    oz.add_argument("--memory", type=int, help="MiB of memory per guest (default: 1536)")
+    oz.add_argument("--accel", choices=["auto", "kvm", "tcg"],
+                    help="auto: KVM when it runs the guest, else TCG (default: auto)")
+    oz.add_argument("--data-mb", type=int, default=16, help="MiB of random data per new VM zvol (default: 16)")
+    oz.add_argument("--boot-timeout", type=float, default=600,
+                    help="seconds to wait for a guest's ssh (default: %(default)s)")
+    oz.set_defaults(func=ozlab_command)
 
     from vmbackup import server as server_defaults
     from vmbackup.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY

@@ -1,0 +1,240 @@
+"""The playbooks against nodes reached only by ssh, on both ZFS implementations: zfs-fuse (netlab, filesystems as
+VM disks) and OpenZFS 2.3 in QEMU guests (the OpenZFS lab, zvols as VM disks, as sites run them). Each test runs
+once per implementation (the `nodes` fixture); data is compared by checksums of each disk (a zvol's whole
+device on OpenZFS) before the backup and after the restore.
+
+What OpenZFS changes on this path: `zfs send -nP` estimates, `zfs list -p`, `zfs set a=1 b=2`, volumes (`volsize`,
+`/dev/zvol/...`, the drill's `dd`, the restore's swap of two volumes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from api_env import ADMIN, ApiEnv
+from node_env import backup_state, new_vm, snapshots
+from playbook_env import Run
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, QEMU taps and zfs-fuse need root")
+
+DATA_MB, SIZE_MB = 8, 64
+COMPRESSIONS = ["none", "gzip", "bzip2", "xz", "zstd", "lz4"]
+
+
+def run(nodes, playbook: str, *options: str, **extra) -> Run:
+    extra.setdefault("node", nodes.node("backup").name)
+    return Run(playbook, extra, nodes.inventory, *options)
+
+
+def ok(nodes, playbook: str, *options: str, **extra) -> Run:
+    done = run(nodes, playbook, *options, **extra)
+    assert done.ok, done
+    return done
+
+
+def target(nodes, vm, n: int = 0) -> str:
+    return "%s/backups/ds/%s-disk%d" % (nodes.node("backup").pools[0], vm.uuid, n)
+
+
+def implementation(node) -> str:
+    out = node.run(["zfs", "version"], check=False)
+    return "openzfs" if out.returncode == 0 and out.stdout.startswith("zfs-2") else "zfs-fuse"
+
+
+def disk_type(node, name: str) -> str:
+    return node.zfs("get", "-H", "-o", "value", "type", name).strip()
+
+
+def test_full_incremental_and_restores_give_back_each_backups_data(nodes):
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, DATA_MB, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    at_first = compute.checksums(disk)
+    first = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="daily", bkpname="daily-20261205_010000")
+    assert first.result["incremental"] is False and first.result["size"] > DATA_MB * 2**20 // 2, first
+    # What each node is: the VM disk and its backup are volumes on OpenZFS, filesystems on zfs-fuse.
+    kind = "volume" if implementation(compute) == "openzfs" else "filesystem"
+    assert disk_type(compute, disk) == kind and disk_type(backup, target(nodes, vm)) == kind
+    assert nodes.node("compute").name == first.result["compute_node"]
+
+    compute.write_data(disk, "second", 2)
+    at_second = compute.checksums(disk)
+    assert at_second != at_first
+    second = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="daily", bkpname="daily-20261205_020000")
+    assert second.result["incremental"] is True and second.result["base"] == "daily-20261205_010000", second
+    assert second.result["size"] < first.result["size"]
+    assert snapshots(backup, target(nodes, vm)) == ["daily-20261205_010000", "daily-20261205_020000"]
+
+    compute.write_data(disk, "after-the-backups", 1)
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="daily-20261205_020000",
+       target_hostname=vm.hostname, target_disk_id=1)
+    assert compute.checksums(disk) == at_second
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="daily-20261205_010000",
+       target_hostname=vm.hostname, target_disk_id=1, force=True)
+    assert compute.checksums(disk) == at_first
+    assert disk_type(compute, disk) == kind
+    assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split()
+                if vm.uuid in n and n != disk], "a restore left a copy beside the disk"
+
+
+def test_file_backups_in_each_compression_restore_and_drill(nodes):
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, DATA_MB, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    before = compute.checksums(disk)
+    # A dataset backup first: its drill against the source gives the digest of this very data.
+    ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="ds", bkpname="ds-20261205_030000")
+    drill = ok(nodes, "verify.yml", hostname=vm.hostname, bkpname="ds-20261205_030000")
+    assert drill.result["outcome"] == "passed" and drill.result["source_digest"] == drill.result["digest"], drill
+    digest = drill.result["digest"]
+
+    names = {c: "f%s-20261205_040000" % c for c in COMPRESSIONS}
+    batch = ok(nodes, "backup.yml", backups=[
+        {"node": backup.name, "hostname": vm.hostname, "bkpdef": "f" + c, "bkpname": names[c], "type": 2,
+         "compression": c} for c in COMPRESSIONS])
+    made = batch.result["backups"]
+    assert batch.result["ok"] is True and len(made) == len(COMPRESSIONS), batch
+    paths = {}
+    for c in COMPRESSIONS:
+        record = made["%s:1:%s" % (vm.uuid, names[c])]
+        paths[c] = record["file_path"]
+        ext = {"none": "", "gzip": ".gz", "bzip2": ".bz2", "xz": ".xz", "zstd": ".zst", "lz4": ".lz4"}[c]
+        assert paths[c].endswith("/%s/disk0/%s-full.zfs%s" % (vm.uuid, names[c], ext)), record
+        assert backup.run(["sha256sum", paths[c]]).stdout.split()[0] == record["checksum"]
+    assert set(backup_state(backup, vm)["files"]) >= set(paths.values())
+    # The same stream in five containers: each decompresses to the uncompressed one.
+    plain = backup.run(["sha256sum", paths["none"]]).stdout.split()[0]
+    for c in ("gzip", "bzip2", "xz", "zstd", "lz4"):
+        tool = {"gzip": "gzip", "bzip2": "bzip2", "xz": "xz", "zstd": "zstd", "lz4": "lz4"}[c]
+        out = backup.run(["sh", "-c", '"$1" -d -c < "$2" | sha256sum', "sh", tool, paths[c]]).stdout
+        assert out.split()[0] == plain, c
+
+    for c in ("xz", "lz4"):
+        compute.write_data(disk, "before-restore-" + c, 1)
+        back = ok(nodes, "restore.yml", hostname=vm.hostname, bkpname=names[c], target_hostname=vm.hostname,
+                  target_disk_id=1, force=True)
+        assert back.result["checksum_verified"] is True, back
+        assert compute.checksums(disk) == before, c
+    zstd = ok(nodes, "verify.yml", hostname=vm.hostname, bkpname=names["zstd"], type=2, expected_digest=digest)
+    assert zstd.result["outcome"] == "passed" and zstd.result["digest"] == digest, zstd
+
+
+def test_restore_onto_another_vms_disk_and_a_size_mismatch_refused(nodes):
+    compute = nodes.node("compute")
+    source, other, bigger = (new_vm(compute, DATA_MB, SIZE_MB), new_vm(compute, 2, SIZE_MB),
+                             new_vm(compute, 2, SIZE_MB * 2))
+    disk = source.disk(compute.pools[0], 0)
+    sums = compute.checksums(disk)
+    ok(nodes, "backup.yml", hostname=source.hostname, bkpdef="mv", bkpname="mv-20261205_050000")
+
+    other_disk = other.disk(compute.pools[0], 0)
+    moved = ok(nodes, "restore.yml", hostname=source.hostname, bkpname="mv-20261205_050000",
+               target_hostname=other.hostname, target_disk_id=1)
+    assert moved.result["target"] == other_disk, moved
+    assert list(compute.checksums(other_disk).values()) == list(sums.values())
+    assert compute.checksums(disk) == sums  # the source VM's disk was only read
+
+    bigger_disk = bigger.disk(compute.pools[0], 0)
+    untouched = compute.checksums(bigger_disk)
+    refused = run(nodes, "restore.yml", hostname=source.hostname, bkpname="mv-20261205_050000",
+                  target_hostname=bigger.hostname, target_disk_id=1)
+    assert not refused.ok and any("target_disk_id: disk 1 of %s has" % bigger.hostname in msg
+                                  for _task, msg in refused.failures), refused
+    assert compute.checksums(bigger_disk) == untouched
+
+
+def test_prune_keeps_the_base_and_the_next_backup_is_incremental(nodes):
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, 2, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    names = ["keep-20261205_0%d0000" % n for n in range(1, 4)]
+    for name in names:
+        compute.write_data(disk, name, 1)
+        ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="keep", bkpname=name)
+    pruned = ok(nodes, "prune.yml", hostname=vm.hostname, bkpdef="keep", retention=1)
+    assert pruned.result["destroyed"] == names[:2], pruned
+    assert snapshots(backup, target(nodes, vm)) == names[2:]
+    assert snapshots(compute, disk) == names[2:]  # the base of the next incremental, on both sides
+    after = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="keep", bkpname="keep-20261205_040000")
+    assert after.result["incremental"] is True and after.result["base"] == names[2], after
+
+
+def test_a_batch_of_disks_on_two_compute_nodes(nodes):
+    first, second = [n for n in nodes.node_list() if n.role == "compute"][:2]
+    here, there = new_vm(first, 2, SIZE_MB, disks=2), new_vm(second, 2, SIZE_MB)
+    sums = {d: first.checksums(here.disk(first.pools[0], d)) for d in (0, 1)}
+    batch = ok(nodes, "backup.yml", backups=[
+        {"hostname": here.hostname, "disk_id": 1, "bkpdef": "b", "bkpname": "b-20261205_060000"},
+        {"hostname": here.hostname, "disk_id": 2, "bkpdef": "b", "bkpname": "b-20261205_060000"},
+        {"hostname": there.hostname, "bkpdef": "b", "bkpname": "b-20261205_060000"}])
+    made = batch.result["backups"]
+    assert batch.result["ok"] is True and len(made) == 3, batch
+    assert made["%s:1:b-20261205_060000" % there.uuid]["compute_node"] == second.name
+    assert made["%s:2:b-20261205_060000" % here.uuid]["compute_node"] == first.name
+    for vm, n in ((here, 0), (here, 1), (there, 0)):
+        assert snapshots(nodes.node("backup"), target(nodes, vm, n)) == ["b-20261205_060000"]
+    first.write_data(here.disk(first.pools[0], 1), "later", 1)
+    ok(nodes, "restore.yml", hostname=here.hostname, bkpname="b-20261205_060000", disk_id=2,
+       target_hostname=here.hostname, target_disk_id=2, force=True)
+    assert first.checksums(here.disk(first.pools[0], 1)) == sums[1]
+
+
+def test_check_and_diff_make_nothing_and_say_what_would_be_done(nodes):
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, 2, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    planned = ok(nodes, "backup.yml", "--check", "--diff", hostname=vm.hostname, bkpdef="ck",
+                 bkpname="ck-20261205_070000")
+    assert planned.result["check"] is True and planned.result["incremental"] is False, planned
+    assert "would send" in planned.messages[-1]
+    assert snapshots(compute, disk) == [] and not backup.exists(target(nodes, vm))
+    ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="ck", bkpname="ck-20261205_080000")
+    sums = compute.checksums(disk)
+    planned = ok(nodes, "restore.yml", "--check", "--diff", hostname=vm.hostname, bkpname="ck-20261205_080000",
+                 target_hostname=vm.hostname, target_disk_id=1)
+    assert planned.result.get("check") is True, planned
+    assert compute.checksums(disk) == sums and snapshots(compute, disk) == ["ck-20261205_080000"]
+
+
+def test_the_api_backs_up_restores_and_marks_a_destroyed_backup_lost(nodes):
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, DATA_MB, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    data_dir = tempfile.mkdtemp(prefix="vmbackup-api-", dir="/var/tmp")
+    env = ApiEnv(type("Pools", (), {"backup_pool": nodes.pool})(), data_dir, nodes.inventory,
+                 serve_args=["--no-scheduler", "--discover-every", "3600"])
+    env.add_user(*ADMIN, admin=True)
+    env.start()
+    try:
+        client = env.client()
+        assert client.post("vm/%s/define/backup/api" % vm.hostname, node=backup.name, zpool=nodes.pool,
+                           schedule="0 4 * * *", retention=5).status == 201
+        sums = compute.checksums(disk)
+        names = []
+        for _ in range(2):
+            started = client.post("vm/%s/backup/api" % vm.hostname)
+            assert started.status == 201, started.body
+            done = env.wait(client, started.task_id, timeout=600)
+            assert done["code"] == 200, done
+            names.append(done["result"]["detail"].split(",")[0].split("=")[1])
+        compute.write_data(disk, "after", 2)
+        started = client.put("vm/%s/backup/%s" % (vm.hostname, names[0]), target_hostname_or_uuid=vm.hostname,
+                             target_disk_id=1, force=True)
+        assert started.status == 201, started.body
+        done = env.wait(client, started.task_id, timeout=600)
+        assert done["code"] == 200, done
+        assert compute.checksums(disk) == sums
+
+        backup.zfs("destroy", "%s@%s" % (target(nodes, vm), names[1]))
+        started = client.put("sync")
+        assert started.status == 201, started.body
+        assert env.wait(client, started.task_id, timeout=600)["code"] == 200
+        listed = {b["name"]: b["status"] for b in client.get("vm/%s/backup" % vm.hostname, define="api",
+                                                             full=True).result}
+        assert listed == {names[0]: 1, names[1]: 4}, listed  # OK, LOST
+    finally:
+        env.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
