@@ -59,5 +59,8 @@ class Run:
         return self.status == "successful"
 
     def __repr__(self) -> str:
-        return "<%s %s failures=%s result=%s>" % (self.runner.config.playbook, self.status, self.failures,
-                                                  self.result)
+        said = ""
+        if not self.ok and not self.failures:  # unreachable, a syntax error, a timeout: what the run printed
+            said = "\n" + (self.runner.stdout.read() if self.runner.stdout else "")[-3000:]
+        return "<%s %s failures=%s result=%s>%s" % (self.runner.config.playbook, self.status, self.failures,
+                                                    self.result, said)

@@ -128,6 +128,7 @@ def test_a_replaced_backup_snapshot_fails_on_its_guid_and_its_content(lab, vm):
     props = dict(line.split("\t", 1) for line in zfs(
         "get", "-H", "-s", "local", "-o", "property,value", "all", "%s@%s" % (target, NAME)).splitlines())
     zfs("destroy", "%s@%s" % (target, NAME))
+    zfs("set", "readonly=off", target)  # received read-only: whoever tampers turns that off first
     zfs("mount", target)
     lab.write_data(target, "data.bin", 1)  # other data under the same name, with the same properties
     zfs("unmount", target)

@@ -73,8 +73,14 @@ def metered_bytes(stage) -> int | None:
 def run_stream(pipeline, progress_file: str | None, total: int | None, failure: type = JobFailed,
                capture: bool = False):
     """Run a stream pipeline, keeping `progress_file` (bytes counted by its meter stage) up to date;
-    a failed stage raises `failure`, raised from the PipelineError that holds every stage's report."""
+    a failed stage raises `failure`, raised from the PipelineError that holds every stage's report.
+
+    The file is the controller's (the API's run folder): it is written only where its folder exists, on a
+    backup node that is the controller or shares its file system. A backup node reached by ssh has no such
+    folder; there the run goes on without progress rather than fail on it."""
     report = None
+    if progress_file and not os.path.isdir(os.path.dirname(progress_file) or "."):
+        progress_file = None
     if progress_file and pipeline.stage("meter") is not None:
         def report(line: str) -> None:
             if line.isdigit():

@@ -38,6 +38,7 @@ class Features:
     resume: bool = False          # zfs receive -s
     holds: bool = False
     bookmarks: bool = False
+    receive_properties: bool = False  # zfs receive -o property=value, -x property
 
 
 @dataclass
@@ -105,11 +106,13 @@ class Node:
         if version.returncode == 0 and "zfs-" in version.stdout:
             line = version.stdout.splitlines()[0].strip()
             return Features("openzfs", line, list_parsable=True, set_many=True, send_compressed=True,
-                            send_estimate=True, resume=True, holds=True, bookmarks=True)
+                            send_estimate=True, resume=True, holds=True, bookmarks=True,
+                            receive_properties=self._receive_takes_properties())
         uname = self.run(["uname", "-s"], check=False).stdout.strip()
         if uname == "SunOS":
             return Features("illumos", uname, list_parsable=True, set_many=True, send_compressed=True,
-                            send_estimate=True, resume=True, holds=True, bookmarks=True)
+                            send_estimate=True, resume=True, holds=True, bookmarks=True,
+                            receive_properties=self._receive_takes_properties())
         pool_version = self.run(["zpool", "upgrade", "-v"], check=False).stdout
         ver = ""
         for word in pool_version.split():
@@ -117,6 +120,12 @@ class Node:
                 ver = "pool version %s" % word
                 break
         return Features("zfs-fuse", ver)
+
+    def _receive_takes_properties(self) -> bool:
+        """Whether `zfs receive` takes -o and -x, as its usage (printed when it is given nothing) says."""
+        usage = self.run(["zfs", "receive"], check=False)
+        text = usage.stdout + usage.stderr
+        return "-o <property>" in text and "-x <property>" in text
 
     # -- zfs commands --------------------------------------------------------------------------
     def zfs(self, *args: str) -> str:

@@ -237,7 +237,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, receive, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
     check_host,
     check_label,
@@ -286,6 +286,7 @@ class Backup(Transfer):
         self._made_snapshot: str | None = None
         self._aside: tuple[str, str] | None = None
         self._part: str | None = None
+        self._kind: str | None = None  # the source disk's type, once asked
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
@@ -301,6 +302,15 @@ class Backup(Transfer):
             newest = max([0] + [s.createtxg for s in snaps])
             return Snapshot(self.p["source"], self.p["snapshot"], createtxg=newest + 1), snaps
         raise SendFailed("snapshot: %s does not exist on %s" % (self.snapshot, self.source.name))
+
+    def source_kind(self) -> str:
+        """"volume" or "filesystem": what the source disk is, so what the stream must hold."""
+        kind = self.source.get_one(self.p["source"], "type")
+        if kind not in ("volume", "filesystem"):
+            raise SendFailed("source: %s is a %s on %s, not a volume or a file system" % (
+                self.p["source"], kind, self.source.name))
+        self._kind = kind
+        return kind
 
     def send_argv(self, base: str | None) -> list[str]:
         args = ["zfs", "send"]
@@ -332,7 +342,7 @@ class Backup(Transfer):
             "vm_uuid": self.vm_uuid, "hostname": self.p["hostname"], "disk_id": self.disk_id,
             "created": self.created, "zpool": self.p["zpool"],
             "source": {"node": self.source.name, "dataset": self.p["source"], "snapshot": self.p["snapshot"],
-                       "guid": snap.guid},
+                       "guid": snap.guid, "type": self._kind},
             "zfs": {"source": self.source.features.implementation, "backup": self.local.features.implementation},
             "vm": self.p["manifest"],
         }
@@ -395,17 +405,15 @@ class Backup(Transfer):
         # Count the stream's bytes where nothing else can say its size (incremental) or someone watches.
         count = base is not None or bool(self.p["progress_file"])
         pipeline.add(stream.meter_stage(self.p["bwlimit"], count), "meter")
-        receive = ["zfs", "receive", "-u"] + (["-F"] if base else []) + [target]
-        pipeline.add(receive, "zfs receive")
+        kind = self.source_kind()
+        pipeline.add(receive.receive_argv(self.local, target, kind, force=base is not None), "zfs receive")
         self.result["cmd"] = str(pipeline)
         self.result["changed"] = True
         if self.module.check_mode:
             return
 
         manifest_mount = Dataset(self.local, layout.manifest_root(self.p["zpool"])).ensure_filesystem()
-        parent = target.rsplit("/", 1)[0]
-        if not Dataset(self.local, parent).exists():
-            self.local.create(parent, {"canmount": "off"})
+        receive.prepare_parent(self.local, target.rsplit("/", 1)[0])
         if aside:
             Dataset(self.local, target).rename(aside)
             self._aside = (target, aside)
@@ -414,6 +422,10 @@ class Backup(Transfer):
         else:
             self._made_snapshot = "%s@%s" % (target, self.p["snapshot"])
         self.transfer(pipeline, total=self.estimate(snap, base))
+        try:
+            receive.check(self.local, target, kind, "compute node %s" % self.source.name)
+        except receive.ReceiveRefused as err:
+            raise SendFailed(str(err)) from err
 
         received = "%s@%s" % (target, self.p["snapshot"])
         self._made_snapshot = received
@@ -434,6 +446,7 @@ class Backup(Transfer):
     # -- file backups ---------------------------------------------------------------------------
     def run_file(self) -> None:
         snap, snaps = self.source_snapshot()
+        self.source_kind()  # recorded: a drill receives the stream as that type and no other
         compression = layout.compression_name(self.p["compression"])
         root = Dataset(self.local, layout.file_backup_root(self.p["zpool"]))
         if root.exists():

@@ -258,7 +258,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import backup_source, digest, layout, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils import backup_source, digest, layout, receive, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_label, check_names, check_path
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
@@ -364,6 +364,18 @@ class Drill(Transfer):
         stream_size = record.get("stream_size")
         return backup_source.file_reader(path), stream_size if isinstance(stream_size, int) else None, record
 
+    def stream_kind(self, record: dict | None) -> str:
+        """What the backup's stream must hold: the backup dataset's type, or for a file the source disk's type
+        its manifest recorded."""
+        if self.kind == "dataset":
+            return self.local.get_one(self.result["source"].split("@", 1)[0], "type")
+        kind = ((record or {}).get("source") or {}).get("type")
+        if kind not in ("volume", "filesystem"):
+            raise VerifyFailed("%s: its manifest does not say whether the disk was a volume or a file system "
+                               "(source.type), so its stream cannot be received safely; restore it to test it"
+                               % self.result["source"])
+        return kind
+
     def run(self) -> None:
         p = self.p
         root = layout.verify_root(p["zpool"])
@@ -372,11 +384,11 @@ class Drill(Transfer):
         self.result["scratch"] = self.scratch.name
         pipeline = Pipeline().add(reader, "zfs send" if self.kind == "dataset" else reader[0])
         pipeline.add(stream.meter_stage(p["bwlimit"]), "meter")
-        pipeline.add(["zfs", "receive", "-u", self.scratch.name], "zfs receive")
+        kind = self.stream_kind(record)
+        pipeline.add(receive.receive_argv(self.local, self.scratch.name, kind, scratch=True), "zfs receive")
         self.result["cmd"] = str(pipeline)
         if self.module.check_mode:
-            volume = self.kind == "dataset" and \
-                self.local.get_one(self.result["source"].split("@", 1)[0], "type") == "volume"
+            volume = kind == "volume"
             reader = digest.volume_reader(digest.volume_device(self.scratch.name)) if volume \
                 else digest.filesystem_reader("<mountpoint of %s>" % self.scratch.name)
             self.result["digest_cmd"] = str(digest.pipeline(reader, p["bwlimit"]))
@@ -387,9 +399,12 @@ class Drill(Transfer):
 
         if Dataset(self.local, root).exists():
             drop_stale(self.local, root)
-        else:
-            self.local.create(root)
+        receive.prepare_parent(self.local, root)
         self.transfer(pipeline, total)
+        try:
+            receive.check(self.local, self.scratch.name, kind, self.result["source"], scratch=True)
+        except receive.ReceiveRefused as err:
+            raise VerifyFailed(str(err)) from err
         self.result["size"] = stream.metered_bytes(pipeline.stage("meter"))
         received = self.scratch.snapshots()
         self.result["guid"] = received[-1].guid if received else self.result["guid"]
