@@ -28,6 +28,7 @@ image cache stays).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -58,7 +59,7 @@ HOST_BACKPORTS = ["qemu-system-x86", "qemu-utils"]
 HOST_PACKAGES = ["debootstrap", "iproute2", "openssh-client", "zstd"]
 BACKPORTS_SOURCE = "/etc/apt/sources.list.d/vmbackup-backports.sources"
 # Bump when the recipe below changes what an image holds: the cache key includes it.
-RECIPE = 4
+RECIPE = 5
 ROOT_LABEL = "vmbroot"
 CACHE = os.environ.get("VMBACKUP_OZLAB_CACHE", "/var/cache/vmbackup/openzfs-lab")
 SSH_OPTIONS = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
@@ -235,7 +236,6 @@ def ensure_image(cache: str = CACHE) -> Image:
     os.makedirs(cache, exist_ok=True)
     work = folder + ".building"
     with open(os.path.join(cache, ".lock"), "w") as lock:
-        import fcntl
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(folder, "image.json")):  # built by another process meanwhile
             return image
@@ -252,11 +252,10 @@ def ensure_image(cache: str = CACHE) -> Image:
         os.remove(os.path.join(work, "debootstrap.done"))
         os.rename(work, folder)
         say("image built in %d s: %s" % (took, folder))
-        # Older images (other versions) are dropped: each is about 1 GB.
-        for name in os.listdir(cache):
-            path = os.path.join(cache, name)
-            if name != os.path.basename(folder) and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
+        others = [name for name in os.listdir(cache) if name != os.path.basename(folder)
+                  and os.path.exists(os.path.join(cache, name, "image.json"))]
+        if others:  # each is about 1 GB; a lab may still boot from one, so they are only named here
+            say("older images in %s (remove them once no lab uses them): %s" % (cache, ", ".join(others)))
     return image
 
 
@@ -362,6 +361,10 @@ def configure_root(root: str, kernel: str) -> None:
         if name.startswith("ssh_host_"):
             os.remove(os.path.join(root, "etc/ssh", name))  # each guest makes its own at first boot
     write(root, "etc/qemu/fsfreeze-hook.d/vmbackup-log", FREEZE_HOOK, 0o755)
+    # qemu-guest-agent 10.0's fsfreeze-hook (#!/bin/sh) falls back to syslog while its log file does not exist,
+    # and that branch uses bash's ${PIPESTATUS[0]}: dash stops with "Bad substitution", so the first freeze
+    # of every guest fails. With the log file there it takes the other branch.
+    write(root, "var/log/qga-fsfreeze-hook.log", "", 0o600)
     # qemu-ga runs the hooks only when told where fsfreeze-hook is (-F).
     write(root, "etc/default/qemu-guest-agent", 'DAEMON_ARGS="-F/etc/qemu/fsfreeze-hook"\n')
     write(root, "etc/systemd/system/qemu-guest-agent.service.d/vmbackup-lab.conf",
