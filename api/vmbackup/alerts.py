@@ -136,6 +136,8 @@ class Alerts:
         """An Events listener (called in the job's thread: it only queues)."""
         if kind == "job_ended":
             self._job_ended(data)
+        elif kind == "vm_conflict":
+            self.alert("vm_conflict", vm_uuid=data.get("vm_uuid"), nodes=list(data.get("nodes") or []))
         elif kind == "drill_failed":
             task = data.get("task") or {}
             if self._first_drill_failure(task.get("task_id") or data.get("task_id")):

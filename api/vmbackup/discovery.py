@@ -135,12 +135,20 @@ def _hosts(data: dict, group: str) -> list[str]:
 
 
 class Discovery:
-    """Runs the two playbooks and applies what they found to the store."""
+    """Runs the two playbooks and applies what they found to the store.
 
-    def __init__(self, store: Store, runner: Runner, inventory: str):
+    A VM belongs to one node. A node may be in hostile hands and report any uuid: if it could take over
+    another node's VM, that VM's scheduled backups would pull its data (breaking the victim's chain, its
+    retention later destroying the real backups) and a restore of the victim would stream the victim's data
+    to it. So a uuid that two nodes report in one discovery is refused for both (records kept as they were, a
+    log line, a `vm_conflict` event), and a uuid moves from node A to node B only once A answered a discovery
+    without it (a migration, logged)."""
+
+    def __init__(self, store: Store, runner: Runner, inventory: str, events=None):
         self.store = store
         self.runner = runner
         self.inventory = inventory
+        self.events = events  # Events: vm_conflict
         self._lock = threading.Lock()
 
     def run(self, timeout: float = 600) -> dict:
@@ -150,7 +158,8 @@ class Discovery:
             stamp = time.strftime("%Y%m%d%H%M%S") + "-%d" % os.getpid()
             pools = self._play("nodes-" + stamp, "nodes.yml", "stdout_lines", timeout)
             vms = self._play("discover-" + stamp, "discover.yml", "vms", timeout)
-            summary = {"nodes": {}, "vms": 0, "skipped": 0}
+            summary = {"nodes": {}, "vms": 0, "skipped": 0, "conflicts": 0}
+            reports: dict[str, list] = {}
             for name, node_roles in roles.items():
                 answered = name in pools["ok"] and (name in vms["ok"] or "compute" not in node_roles)
                 free = checked_pools(pools["ok"].get(name, {}).get("stdout_lines", []), name)
@@ -160,16 +169,42 @@ class Discovery:
                                         "checked": time.time()})
                 summary["nodes"][name] = answered
                 if name in vms["ok"]:
-                    applied, skipped = self._apply_vms(name, vms["ok"][name].get("vms", []))
-                    summary["vms"] += applied
-                    summary["skipped"] += skipped
+                    found = vms["ok"][name].get("vms", [])
+                    reports[name] = found if isinstance(found, list) else []
+            for key, count in self.apply(reports, set(roles)).items():
+                summary[key] += count
             for hostname, uuids in self.store.hostname_clashes().items():
                 log.warning("hostname %s is used by %d VMs (%s): each is reached by its uuid only",
                             hostname, len(uuids), ", ".join(uuids))
             return summary
 
-    def _apply_vms(self, node: str, found: list) -> tuple[int, int]:
-        """Store the VMs a node reported that pass every check; return (stored, skipped)."""
+    def apply(self, reports: dict[str, list], present: set[str]) -> dict[str, int]:
+        """Store what the nodes that answered reported ({node: VMs}); `present`: the inventory's nodes.
+        Return the counts {vms, skipped, conflicts}."""
+        claims: dict[str, set[str]] = {}
+        for name, found in reports.items():
+            for vm in found:
+                uuid = vm.get("uuid") if isinstance(vm, dict) else None
+                if isinstance(uuid, str) and validation.is_uuid(uuid):
+                    claims.setdefault(uuid.lower(), set()).add(name)
+        contested = {uuid: sorted(nodes) for uuid, nodes in claims.items() if len(nodes) > 1}
+        for uuid, nodes in sorted(contested.items()):
+            log.warning("VM %s is reported by %d nodes (%s): refused for each, its record kept as it was",
+                        uuid, len(nodes), ", ".join(nodes))
+            if self.events is not None:
+                self.events.emit("vm_conflict", vm_uuid=uuid, nodes=nodes)
+        counts = {"vms": 0, "skipped": 0, "conflicts": len(contested)}
+        for name, found in reports.items():
+            stored, skipped = self._apply_vms(name, found, contested, set(reports), present)
+            counts["vms"] += stored
+            counts["skipped"] += skipped
+        return counts
+
+    def _apply_vms(self, node: str, found: list, contested: dict, answered: set[str],
+                   present: set[str]) -> tuple[int, int]:
+        """Store the VMs a node reported that pass every check and are its own; return (stored, skipped).
+        `contested`: uuids other nodes reported too; `answered`: the nodes whose VM lists this discovery has;
+        `present`: the nodes of the inventory."""
         seen, stored, skipped = set(), 0, 0
         for vm in found if isinstance(found, list) else []:
             try:
@@ -182,6 +217,18 @@ class Discovery:
                     seen.add(who.lower())  # still there, only its report is refused: not deleted
                 continue
             seen.add(record["uuid"])
+            if record["uuid"] in contested:
+                skipped += 1
+                continue
+            held = self.store.get_vm(record["uuid"])
+            owner = (held or {}).get("node")
+            if held and not held.get("deleted") and owner not in (None, node):
+                if owner not in answered and owner in present:
+                    skipped += 1
+                    log.warning("node %s: VM %s skipped: node %s holds it and has not answered since; it moves "
+                                "once %s reports without it", node, record["uuid"], owner, owner)
+                    continue
+                log.warning("VM %s moved from node %s to node %s (a migration)", record["uuid"], owner, node)
             self.store.upsert_vm(record)
             stored += 1
         for vm in self.store.vms():

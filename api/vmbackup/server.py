@@ -69,7 +69,7 @@ class Application:
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node,
                                batch_runs=batch_runs)
         self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
-        self.discovery = Discovery(self.store, self.local_runner, self.inventory)
+        self.discovery = Discovery(self.store, self.local_runner, self.inventory, events=self.service.events)
         self.metrics = Metrics(self.service, self.scheduler)
         self.alerts = None
         if webhooks:

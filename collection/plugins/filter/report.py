@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.vmbackup.zfs.plugins.module_utils.layout import UUID_RE
+
 DOCUMENTATION = r"""
 name: batch_result
 short_description: The result of playbooks/backup.yml, one record per backup
@@ -176,7 +178,11 @@ def apart(items: list) -> list:
 
 
 def matches(vm: dict, want: str) -> bool:
-    return vm.get("uuid") == want.lower() or str(vm.get("hostname", "")).lower() == want.lower()
+    """A uuid names the VM of that uuid, a hostname the VMs of that hostname: a guest that calls itself by
+    another VM's uuid never stands in its way."""
+    if UUID_RE.fullmatch(want):
+        return vm.get("uuid") == want.lower()
+    return str(vm.get("hostname", "")).lower() == want.lower()
 
 
 def batch_locate(items: list, answers: list, compute_hosts: list) -> list:

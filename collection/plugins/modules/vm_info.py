@@ -48,7 +48,9 @@ options:
     type: list
     elements: str
   vm:
-    description: Only this VM, by hostname or uuid. The result is then a list of one VM, or empty.
+    description:
+      - Only this VM, by hostname or uuid (a uuid matches uuids only, never a hostname).
+      - The result is then a list of one VM, or empty.
     type: str
   vmadm_command:
     description: The C(vmadm) program (a path, or a name looked up on C(PATH)).
@@ -387,8 +389,9 @@ def main() -> None:
     except (OSError, ValueError, KeyError, ElementTree.ParseError) as err:
         fail(module, "%s backend: cannot read the node's VMs: %s" % (backend, err), backend=backend)
     if p["vm"]:
-        wanted = p["vm"].lower()
-        vms = [vm for vm in vms if vm["uuid"] == wanted or vm["hostname"].lower() == wanted]
+        wanted = p["vm"].lower()  # a uuid names a uuid only, never a hostname that looks like one
+        key = "uuid" if layout.UUID_RE.fullmatch(wanted) else "hostname"
+        vms = [vm for vm in vms if vm[key].lower() == wanted]
     vms.sort(key=lambda vm: (vm["hostname"], vm["uuid"]))
     module.exit_json(changed=False, backend=backend, vms=vms)
 
