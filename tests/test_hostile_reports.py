@@ -77,3 +77,62 @@ def test_a_guest_named_after_another_vms_uuid_does_not_stand_in_its_way(lab, tmp
     by_hostname = Run("backup.yml", {"node": BACKUP, "hostname": victim.uuid, "bkpdef": "daily",
                                      "bkpname": "daily-20261205_100000"}, inventory)
     assert by_hostname.ok and by_hostname.result["vm_uuid"] == victim.uuid, by_hostname  # a uuid is a uuid
+
+
+# -- sync: what a backup node lists is only its word ----------------------------------------------------------
+def listed(vm_uuid: str, name: str, node_pool: str = "bkp", **changes) -> dict:
+    entry = {"name": name, "vm_uuid": vm_uuid, "definition": name.split("-")[0], "disk_id": 1, "type": "dataset",
+             "hostname": "web.lab", "created": "2026-12-05T01:00:00Z", "size": 2**20,
+             "path": "%s/backups/ds/%s-disk0@%s" % (node_pool, vm_uuid, name)}
+    entry.update(changes)
+    return entry
+
+
+def synced(store, node: str, entries: list, adopt: bool = False, limit: int = 1000):
+    from vmbackup import sync
+    from vmbackup.runner import RunResult
+    run = RunResult("successful", 0, {"nodes": {node: {"bkp": entries}}})
+    return sync.apply(store, [{"node": node, "pools": ["bkp"]}], run, adopt=adopt, limit=limit)
+
+
+def test_sync_imports_only_what_that_node_could_have_made(tmp_path, caplog):
+    found, _seen = discovery(tmp_path)
+    store = found.store
+    mine, other, deleted = (str(uuidlib.uuid4()) for _ in range(3))
+    found.apply({"c1": [report(mine, "web.lab", "zones"), report(other, "db.lab", "zones")]}, {"c1"})
+    caplog.set_level(logging.WARNING, "vmbackup")
+    nested = listed(mine, "daily-20261205_010000")
+    nested["path"] = "bkp/backups/ds/%s-disk0/evil@daily-20261205_010000" % mine
+    summary = synced(store, "b1", [
+        listed(mine, "daily-20261205_020000"),                                   # what b1 could have made
+        listed(other, "daily-20991231_230000", created="2099-12-31T23:00:00Z"),  # from the future
+        nested,                                                                  # below a backup dataset
+        listed(deleted, "daily-20261205_030000"),                                # a VM nobody reports
+        listed(mine, "file-20261205_040000", type="file",                       # a file outside its folder
+               path="/bkp/backups/file/%s/disk0/../../../etc/file-20261205_040000-full.zfs" % other)])
+    assert summary.imported == ["web.lab/daily-20261205_020000"], summary
+    assert len(summary.skipped) == 4
+    said = " ".join(r.message for r in caplog.records)
+    for why in ("is in the future", "is not a snapshot of bkp/backups/ds/%s-disk0" % mine,
+                "no compute node reports VM %s" % deleted, "is not a backup file in a folder"):
+        assert why in said, why
+    assert "node b1 pool bkp" in said
+
+    # A second record of a backup another node holds: refused.
+    again = synced(store, "b2", [listed(mine, "daily-20261205_020000")])
+    assert again.imported == [] and store.get_backup(mine, 1, "daily-20261205_020000")["node"] == "b1"
+    # The operator adopts the deleted VM's backups by saying so.
+    adopted = synced(store, "b1", [listed(deleted, "daily-20261205_030000")], adopt=True)
+    assert adopted.imported == ["web.lab/daily-20261205_030000"]
+    # Now the records place that VM on b1: its next backups come in without adopt.
+    later = synced(store, "b1", [listed(deleted, "daily-20261206_030000")])
+    assert later.imported == ["web.lab/daily-20261206_030000"]
+
+
+def test_sync_imports_at_most_the_limit_from_a_node(tmp_path):
+    found, _seen = discovery(tmp_path)
+    vm = str(uuidlib.uuid4())
+    found.apply({"c1": [report(vm, "web.lab", "zones")]}, {"c1"})
+    entries = [listed(vm, "daily-20261205_0%d0000" % n) for n in range(1, 6)]
+    summary = synced(found.store, "b1", entries, limit=3)
+    assert len(summary.imported) == 3 and len(summary.skipped) == 2

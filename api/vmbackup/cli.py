@@ -87,7 +87,8 @@ def serve_command(args: argparse.Namespace) -> int:
                  run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
                  verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
                  webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
-                 job_nice=args.job_nice, batch_runs=args.batch_runs, **engine_options(args))
+                 job_nice=args.job_nice, batch_runs=args.batch_runs, sync_import_limit=args.sync_import_limit,
+                 **engine_options(args))
     return 0
 
 
@@ -164,7 +165,7 @@ def sync_command(args: argparse.Namespace) -> int:
     app = server.Application(args.data_dir, args.inventory)
     if not args.no_discover:
         app.discover()
-    task = app.sync(wait=True, node=args.node)
+    task = app.sync(wait=True, node=args.node, adopt=args.adopt)
     print(json.dumps({"status": task["status"], **(task.get("result") or {})}, indent=2))
     return 0 if task["status"] == "SUCCESS" else 1
 
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vmbackup import server as server_defaults
     from vmbackup.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY
+    from vmbackup.sync import IMPORT_LIMIT
 
     def service_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-runs", type=int, default=None, metavar="N",
                        help="runs a backup node's scheduled batch is split into, each compute node's disks in one "
                        "(default: the number of CPUs, %d here)" % (os.cpu_count() or 1))
+    serve.add_argument("--sync-import-limit", type=int, default=IMPORT_LIMIT, metavar="N",
+                       help="backups a sync imports from one backup node at most (what a node lists is only its "
+                       "word; default: %(default)s)")
     serve.add_argument("--engine", choices=["local", "awx"], default="local",
                        help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
     serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")
@@ -352,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(sync)
     sync.add_argument("--node", help="only this backup node")
     sync.add_argument("--no-discover", action="store_true", help="use the nodes and pools recorded last")
+    sync.add_argument("--adopt", action="store_true",
+                      help="also import backups of VMs that no compute node reports (deleted VMs, a rebuilt "
+                      "controller); without it they are listed as skipped, with the reason in the log")
     sync.set_defaults(func=sync_command)
 
     definitions = sub.add_parser("definitions", help="export or import backup definitions (JSON)",

@@ -174,7 +174,8 @@ class SyncJob(Job):
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         from vmbackup import sync
-        summary = sync.apply(store, task.get("extravars", {}).get("sync_nodes") or [], run, task.get("started"))
+        summary = sync.apply(store, task.get("extravars", {}).get("sync_nodes") or [], run, task.get("started"),
+                             adopt=bool(task.get("adopt")), limit=task.get("import_limit") or sync.IMPORT_LIMIT)
         return Outcome(summary.ok, summary.detail(), {"lost": summary.lost, "found": summary.found,
                                                       "imported": summary.imported})
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import bottle
 
-from vmbackup import __version__, errors
+from vmbackup import __version__, errors, validation
 from vmbackup.auth import Auth, token_of
 from vmbackup.service import Service
 
@@ -366,8 +366,12 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return envelope(task_id, "SUCCESS", {"message": "Task canceled"}, 200)
 
     def sync_nodes(user):
-        node = params().get("node") or None
-        return pending(service.sync(user, node if isinstance(node, str) else None))
+        data = params()
+        node = data.get("node") or None
+        fields = validation.Fields(data)
+        adopt = fields.boolean("adopt", False)  # admin only, as every sync: import backups of VMs nobody reports
+        fields.raise_if_any()
+        return pending(service.sync(user, node if isinstance(node, str) else None, adopt=adopt))
 
     route("/api/sync", "PUT", sync_nodes)
     route("/api/task", "GET", task_list)

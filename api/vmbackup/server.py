@@ -19,6 +19,7 @@ from vmbackup.runner import Runner
 from vmbackup.scheduler import Scheduler
 from vmbackup.service import DEFINITION_FIELDS, Service
 from vmbackup.store import Store
+from vmbackup.sync import IMPORT_LIMIT
 
 log = logging.getLogger("vmbackup")
 DEFAULT_DATA_DIR = os.environ.get("VMBACKUP_DATA_DIR", "/var/lib/vmbackup")
@@ -44,7 +45,8 @@ class Application:
                  engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
                  awx_templates: dict | None = None, webhooks: list[str] | None = None,
                  webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
-                 job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None):
+                 job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
+                 sync_import_limit: int = IMPORT_LIMIT):
         self.data_dir = os.path.abspath(data_dir)
         self.body_limit = body_limit
         self.run_retention = run_retention
@@ -67,7 +69,7 @@ class Application:
             raise RuntimeError("--engine: local or awx, not %r" % engine)
         self.auth = Auth(self.store)
         self.service = Service(self.store, self.runner, size_limit=size_limit, jobs_per_node=jobs_per_node,
-                               batch_runs=batch_runs)
+                               batch_runs=batch_runs, sync_import_limit=sync_import_limit)
         self.scheduler = Scheduler(self.service, self.data_dir, verify_every=verify_every)
         self.discovery = Discovery(self.store, self.local_runner, self.inventory, events=self.service.events)
         self.metrics = Metrics(self.service, self.scheduler)
@@ -81,10 +83,10 @@ class Application:
         app = build_app(self.service, self.auth, stream_limit=self.stream_limit, metrics=self.metrics)
         return limit_body(utf8_only(es_header_names(app)), self.body_limit)
 
-    def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800) -> dict:
+    def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800, adopt: bool = False) -> dict:
         """Start a sync with the backup nodes (unless one is running); with `wait`, its finished task."""
         running = [t for t in self.store.pending_tasks() if t.get("kind") == "sync"]
-        task_id = running[0]["task_id"] if running else self.service.sync(None, node)
+        task_id = running[0]["task_id"] if running else self.service.sync(None, node, adopt=adopt)
         if not wait:
             return self.store.get_task(task_id)
         task = wait_for(self.service, task_id, timeout=timeout, poll=0.3)
@@ -246,7 +248,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
           metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
           stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
-          **engine) -> None:
+          sync_import_limit: int = IMPORT_LIMIT, **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
@@ -256,7 +258,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
                       run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
                       webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, job_nice=job_nice,
-                      batch_runs=batch_runs, **engine)
+                      batch_runs=batch_runs, sync_import_limit=sync_import_limit, **engine)
     app.scheduler.interval = schedule_interval
     if metrics_listen:
         app.serve_metrics(metrics_listen)

@@ -16,6 +16,7 @@ from vmbackup.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob, VerifyJob
 from vmbackup.queue import JobQueue
 from vmbackup.runner import Runner
 from vmbackup.store import Ambiguous, Store
+from vmbackup.sync import IMPORT_LIMIT
 
 __all__ = ["Service", "iso", "now", "OK", "PENDING", "RESTORE", "LOST"]
 
@@ -37,8 +38,10 @@ class Service:
     """Everything the routes ask for; the routes only translate HTTP to these calls and back."""
 
     def __init__(self, store: Store, runner: Runner, dc_id: int = 1, size_limit: int | None = None,
-                 jobs_per_node: int | None = None, batch_runs: int | None = None):
+                 jobs_per_node: int | None = None, batch_runs: int | None = None,
+                 sync_import_limit: int = IMPORT_LIMIT):
         self.store = store
+        self.sync_import_limit = sync_import_limit  # backups a sync imports from one backup node at most
         self.runner = runner
         self.dc_id = dc_id
         self.size_limit = size_limit
@@ -612,8 +615,9 @@ class Service:
         return [backup for key, backup in self.store.newest_backups(OK).items() if key in current]
 
     # -- sync with the nodes --------------------------------------------------------------------
-    def sync(self, user: dict | None, node: str | None = None) -> str:
-        """Start a sync of the records with what the backup nodes hold (all of them, or one)."""
+    def sync(self, user: dict | None, node: str | None = None, adopt: bool = False) -> str:
+        """Start a sync of the records with what the backup nodes hold (all of them, or one); `adopt`: import
+        the backups of VMs that no compute node reports too (an operator rebuilding a controller)."""
         if user is not None:
             self.require_admin(user)
         nodes = [{"node": record["name"], "pools": sorted((record.get("pools") or {}).keys())}
@@ -624,7 +628,8 @@ class Service:
             raise errors.Locked(errors.NODE_NOT_OPERATIONAL)
         task_id = self.task_id(user, "e" if user else "a")
         self.queue.submit(self._task(task_id, user, SyncJob, {"sync_nodes": nodes, "node": None}, vm_uuid=None,
-                                     hostname=None, disk_id=None, bkpname=None, view="sync", method="PUT"))
+                                     hostname=None, disk_id=None, bkpname=None, view="sync", method="PUT",
+                                     adopt=bool(adopt), import_limit=self.sync_import_limit))
         return task_id
 
     # -- tasks --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Agent:
     def serve(self) -> None:
         while not self.stop.is_set():
             try:
-                conn, _ = self.server.accept()
+                conn = self.server.accept()[0]
             except OSError:
                 return
             threading.Thread(target=self.talk, args=(conn,), daemon=True).start()
