@@ -62,11 +62,33 @@ class AwxError(RuntimeError):
     pass
 
 
+class SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to AWX itself (scheme, host and port): the Bearer token goes with every request,
+    and a redirect elsewhere would hand it to whoever answers there."""
+
+    def __init__(self, origin: tuple[str, str]):
+        self.origin = origin
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        if (target.scheme, target.netloc) != self.origin:
+            raise AwxError("AWX redirected %s to %s://%s: refused, the token goes to AWX only"
+                           % (req.full_url, target.scheme, target.netloc))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class AwxEngine:
     """Runs each job as an AWX job; the same interface as the local Runner."""
 
     def __init__(self, url: str, token: str, runs_dir: str, templates: dict[str, str | int] | None = None,
-                 poll: float = 1.0, timeout: float = 30.0):
+                 poll: float = 1.0, timeout: float = 30.0, insecure_http: bool = False):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise AwxError("--awx-url %s: give https://<host>[:port]" % url)
+        if parts.scheme == "http" and not insecure_http:
+            raise AwxError("--awx-url %s: the AWX token would cross the network in clear; use https://, or say "
+                           "--awx-insecure-http (a test AWX on this machine)" % url)
+        self._opener = urllib.request.build_opener(SameOrigin((parts.scheme, parts.netloc)))
         self.url = url.rstrip("/")
         self.token = token
         self.runs_dir = runs_dir
@@ -83,7 +105,7 @@ class AwxEngine:
             "Authorization": "Bearer " + self.token, "Content-Type": "application/json",
             "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+            with self._opener.open(request, timeout=self.timeout) as reply:
                 text = reply.read().decode() or "{}"
                 return reply.status, json.loads(text)
         except urllib.error.HTTPError as err:

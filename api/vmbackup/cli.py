@@ -102,7 +102,8 @@ def engine_options(args: argparse.Namespace) -> dict:
     for entry in args.awx_template:
         playbook, _, template = entry.partition("=")
         templates[playbook] = int(template) if template.isdigit() else template
-    return {"engine": args.engine, "awx_url": args.awx_url, "awx_token": token, "awx_templates": templates}
+    return {"engine": args.engine, "awx_url": args.awx_url, "awx_token": token, "awx_templates": templates,
+            "awx_insecure_http": args.awx_insecure_http}
 
 
 def webhook_secret(args: argparse.Namespace) -> bytes | None:
@@ -298,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "word; default: %(default)s)")
     serve.add_argument("--engine", choices=["local", "awx"], default="local",
                        help="where jobs run: local ansible-runner processes, or AWX job templates (default: local)")
-    serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, for --engine awx")
+    serve.add_argument("--awx-url", help="AWX (Ansible Automation Platform) URL, https://, for --engine awx")
+    serve.add_argument("--awx-insecure-http", action="store_true",
+                       help="accept an http:// --awx-url (the token then crosses the network in clear: a test AWX "
+                       "on this machine only)")
     serve.add_argument("--awx-token-file", help="file holding an AWX OAuth2 token (or env VMBACKUP_AWX_TOKEN)")
     serve.add_argument("--awx-template", action="append", default=[], metavar="PLAYBOOK=TEMPLATE",
                        help="the AWX job template (id or name) of a playbook, e.g. backup.yml=12; default: the names "

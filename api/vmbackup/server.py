@@ -43,7 +43,8 @@ class Application:
                  body_limit: int = DEFAULT_BODY_LIMIT, run_retention: float = DEFAULT_RUN_RETENTION,
                  stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
                  engine: str = "local", awx_url: str | None = None, awx_token: str | None = None,
-                 awx_templates: dict | None = None, webhooks: list[str] | None = None,
+                 awx_templates: dict | None = None, awx_insecure_http: bool = False,
+                 webhooks: list[str] | None = None,
                  webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
                  job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
                  sync_import_limit: int = IMPORT_LIMIT):
@@ -62,7 +63,8 @@ class Application:
             if not awx_url or not awx_token:
                 raise RuntimeError("--engine awx needs --awx-url and a token (--awx-token-file or VMBACKUP_AWX_TOKEN)")
             from vmbackup.awx import AwxEngine
-            self.runner = AwxEngine(awx_url, awx_token, os.path.join(self.data_dir, "runs"), awx_templates)
+            self.runner = AwxEngine(awx_url, awx_token, os.path.join(self.data_dir, "runs"), awx_templates,
+                                    insecure_http=awx_insecure_http)
         elif engine == "local":
             self.runner = self.local_runner
         else:
