@@ -509,3 +509,38 @@ def test_runs_work_at_the_runners_niceness(tmp_path):
     if placement.procs is not None:
         with open(os.path.join(os.path.dirname(placement.procs), "cpu.shares")) as handle:
             assert int(handle.read()) == cpugroup.weight(7) < 1024 / 4
+
+
+def test_order_by_takes_each_field_once_and_splits_no_further():
+    from vmbackup import validation
+    assert validation.order_by("hostname,-created", ["hostname", "created"], "") == [("hostname", False),
+                                                                                   ("created", True)]
+    for repeated in ("hostname,hostname", "created,-created", ",".join(["hostname"] * 100000)):
+        with pytest.raises(errors.PreconditionFailed, match="Invalid order_by"):
+            validation.order_by(repeated, ["hostname", "created"], "")
+    started = time.monotonic()
+    with pytest.raises(errors.PreconditionFailed):
+        validation.order_by("created," * 200000, ["hostname", "created"], "")  # 1.4 MB: split 3 times, not 200,000
+    assert time.monotonic() - started < 0.05
+
+
+@pytest.mark.parametrize("name", ["scheduler", "Scheduler", "system", "vmbackup"])
+def test_the_services_own_names_cannot_be_users(tmp_path, name):
+    from vmbackup.store import Store
+    with pytest.raises(ValueError, match="reserved for the service's own jobs"):
+        authmod.Auth(Store(str(tmp_path))).add_user(name, "long-enough-password")
+    assert Store(str(tmp_path)).get_user(name) is None
+
+
+def test_the_inventory_is_read_without_the_services_secrets(tmp_path, monkeypatch):
+    """An inventory script (or plugin) runs with a job's minimal environment: the AWX token and the webhook
+    secret in the service's environment do not reach it."""
+    from vmbackup.discovery import inventory_nodes
+    monkeypatch.setenv("VMBACKUP_AWX_TOKEN", "s3cret-token")
+    monkeypatch.setenv("VMBACKUP_WEBHOOK_SECRET", "s3cret-hook")
+    script = tmp_path / "inventory.py"
+    script.write_text("#!%s\nimport json, os\nsaw = [k for k in os.environ if 'S3CRET' in os.environ[k].upper()]\n"
+                      "print(json.dumps({'compute': {'hosts': ['saw-' + (saw[0].lower() if saw else 'nothing')]},"
+                      " '_meta': {'hostvars': {}}}))\n" % sys.executable)
+    script.chmod(0o755)
+    assert inventory_nodes(str(script)) == {"saw-nothing": ["compute"]}

@@ -73,10 +73,12 @@ class Receiver:
 
 
 def signed(request: dict) -> bool:
-    """The signature header is the HMAC-SHA256 of the body with the shared secret; the timestamp is now."""
-    expected = "sha256=" + hmac.new(SECRET, request["body"], hashlib.sha256).hexdigest()
-    stamp = int(request["headers"]["x-vmbackup-timestamp"])
-    return hmac.compare_digest(request["headers"]["x-vmbackup-signature"], expected) and abs(time.time() - stamp) < 120
+    """The signature header is the HMAC-SHA256, with the shared secret, of the timestamp header, a dot and the
+    body; the timestamp is now (a receiver refuses old ones: a replayed alert)."""
+    stamp = request["headers"]["x-vmbackup-timestamp"]
+    expected = "sha256=" + hmac.new(SECRET, stamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(request["headers"]["x-vmbackup-signature"], expected) and \
+        abs(time.time() - int(stamp)) < 120
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
 """Alerts by webhook: a JSON POST to each configured URL when a job fails, backups turn LOST, a restore
 drill fails, or a definition goes stale (past `vmbackup check`'s critical threshold).
 
-Each request is signed: `X-Vmbackup-Signature: sha256=<hex HMAC-SHA256 of the body with the shared
-secret>`, with `X-Vmbackup-Timestamp` (Unix seconds of the attempt) and `X-Vmbackup-Delivery` (the
-alert's id, the same on every retry, for receivers to drop duplicates). Sending happens in a thread
+Each request is signed: `X-Vmbackup-Signature: sha256=<hex HMAC-SHA256, with the shared secret, of the
+X-Vmbackup-Timestamp value, a dot, and the body>`, `X-Vmbackup-Timestamp` being the Unix seconds of the
+attempt: a receiver checks the signature and refuses a timestamp more than a few minutes old, so a captured
+alert cannot be replayed later. `X-Vmbackup-Delivery` is the alert's id, the same on every retry, for
+receivers to drop duplicates. Sending happens in a thread
 of its own with a bounded queue, so no job ever waits for a receiver; a failed attempt is retried
 with exponential back-off, and what cannot be delivered is logged.
 """
@@ -32,8 +34,9 @@ SIGNATURE, TIMESTAMP, DELIVERY, EVENT = ("X-Vmbackup-Signature", "X-Vmbackup-Tim
 TASK_FIELDS = ("task_id", "kind", "hostname", "vm_uuid", "disk_id", "bkpname", "define", "node", "username")
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature of one attempt: over its timestamp and its body, so neither can be replayed alone."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class Webhooks:
@@ -100,8 +103,9 @@ class Webhooks:
 
     def _post(self, url: str, body: bytes, alert: dict) -> str | None:
         """One attempt; None when the receiver answered 2xx, else what went wrong."""
+        stamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", "User-Agent": "vmbackup-alerts",
-                   SIGNATURE: sign(self.secret, body), TIMESTAMP: str(int(time.time())),
+                   SIGNATURE: sign(self.secret, stamp, body), TIMESTAMP: stamp,
                    DELIVERY: alert["id"], EVENT: alert["event"]}
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:

@@ -18,6 +18,8 @@ TOKEN_LIFETIME = 3600
 _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # hashes of earlier versions, upgraded at login
 USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# Names the service itself acts under (tasks it starts are the scheduler's): nobody may log in as one.
+RESERVED_USERNAMES = frozenset({"scheduler", "system", "vmbackup"})
 
 
 def hash_password(password: str) -> str:
@@ -93,6 +95,9 @@ class Auth:
         ends every token it had."""
         if not username or len(username) > 150 or not set(username) <= USERNAME_CHARS:
             raise ValueError("user name: 1 to 150 letters, digits, '-', '_' and '.'")
+        if username.lower() in RESERVED_USERNAMES:
+            raise ValueError("user name: %s is reserved for the service's own jobs (%s); choose another"
+                             % (username, ", ".join(sorted(RESERVED_USERNAMES))))
         if len(password) < 8:
             raise ValueError("password: at least 8 characters")
         key = secrets.token_hex(24)

@@ -15,7 +15,7 @@ import threading
 import time
 
 from vmbackup import validation
-from vmbackup.runner import Runner
+from vmbackup.runner import Runner, job_environment
 from vmbackup.store import Store
 
 ROLES = ("compute", "backup")
@@ -116,8 +116,10 @@ def checked_pools(lines: list, node: str) -> dict:
 def inventory_nodes(inventory: str) -> dict[str, list[str]]:
     """{node name: roles} from the inventory's groups `compute` and `backup`."""
     tool = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+    # The minimal environment of a job: an inventory plugin or script must not read the AWX token or the
+    # webhook secret out of the service's environment.
     out = subprocess.run([tool, "-i", inventory, "--list"], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, ANSIBLE_NOCOLOR="1")).stdout
+                         env=job_environment({"ANSIBLE_NOCOLOR": "1"})).stdout
     data = json.loads(out)
     nodes: dict[str, list[str]] = {}
     for role in ROLES:

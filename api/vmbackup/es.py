@@ -42,7 +42,9 @@ HELP = {
     "login": _help("login [-username NAME] [-password PASS] [--url URL]",
                    "Log in; the token is kept in ~/.config/vmbackup/es.json (mode 0600). Without -password, the\n"
                    "password is asked for, or read from stdin when that is not a terminal.",
-                   [("-username NAME", "the user"), ("-password PASS", "the password")]),
+                   [("-username NAME", "the user"),
+                    ("-password PASS", "the password; every user of this machine sees it in the process list "
+                     "(ps) and it lands in shell history: leave it out to be asked")]),
     "logout": _help("logout [--url URL]", "Log out and forget the kept token.", []),
     "get": _help("get /PATH [-param value ...] [--table] [--url URL]",
                  "GET and print what es printed, {\"url\", \"status\", \"method\", \"text\"}, e.g.\n"

@@ -147,10 +147,12 @@ def order_by(value: str | None, allowed: list[str], default: str) -> list[tuple[
     """Parse `order_by` (comma-separated, '-' for descending) or refuse it with 412."""
     text = value if value not in (None, "") else default
     keys = []
-    for part in str(text).split(","):
+    parts = str(text).split(",", len(allowed))  # more parts than fields: one repeats, the rest is not split
+    for part in parts:
         part = part.strip()
         field, descending = (part[1:], True) if part.startswith("-") else (part, False)
-        if field not in allowed:
+        if field not in allowed or field in (k for k, _ in keys):
+            # Danube's words, also for a field given twice (a client may match them)
             raise errors.PreconditionFailed("Invalid order_by; Possible sort fields are: %s" % ", ".join(allowed))
         keys.append((field, descending))
     return keys
