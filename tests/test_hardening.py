@@ -544,3 +544,54 @@ def test_the_inventory_is_read_without_the_services_secrets(tmp_path, monkeypatc
                       " '_meta': {'hostvars': {}}}))\n" % sys.executable)
     script.chmod(0o755)
     assert inventory_nodes(str(script)) == {"saw-nothing": ["compute"]}
+
+
+def test_a_user_locked_out_from_one_address_still_logs_in_from_another(tmp_path):
+    auth = authmod.Auth(Store(str(tmp_path)))
+    auth.add_user("admin2", "the-admins-password")
+    for n in range(5):
+        with pytest.raises(errors.LoginFailed):
+            auth.login("admin2", "wrong-%d" % n, "203.0.113.9")  # someone elsewhere, failing now and then
+    with pytest.raises(errors.TooManyRequests):
+        auth.login("admin2", "the-admins-password", "203.0.113.9")
+    assert auth.login("admin2", "the-admins-password", "10.0.0.5")["token"]
+
+
+def test_an_address_trying_many_users_meets_its_own_ceiling(tmp_path):
+    auth = authmod.Auth(Store(str(tmp_path)))
+    auth.add_user("frank", "franks-password")
+    for n in range(30):
+        with pytest.raises(errors.LoginFailed):
+            auth.login("user%d" % n, "spray", "198.51.100.7")  # one try per name: under each pair's limit
+    with pytest.raises(errors.TooManyRequests):
+        auth.login("frank", "franks-password", "198.51.100.7")
+    assert auth.login("frank", "franks-password", "10.0.0.6")["token"]
+
+
+def test_tokens_are_capped_per_user_the_oldest_revoked(tmp_path):
+    store = Store(str(tmp_path))
+    auth = authmod.Auth(store, tokens_per_user=3)
+    auth.add_user("gina", "ginas-password")
+    tokens = [auth.login("gina", "ginas-password", "10.0.0.7")["token"] for _ in range(5)]
+    assert len(store.user_tokens("gina")) == 3
+    for old in tokens[:2]:
+        with pytest.raises(errors.NotAuthenticated):
+            auth.authenticate("Token " + old, None)
+    assert auth.authenticate("Token " + tokens[-1], None)["username"] == "gina"
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_clients():
+    from vmbackup.server import forwarded_for
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["REMOTE_ADDR"])
+        return []
+
+    wrapped = forwarded_for(app, frozenset({"10.0.0.1"}))
+    for remote, header in (("10.0.0.1", "1.2.3.4, 198.51.100.20"), ("10.0.0.1", "not-an-address"),
+                           ("192.0.2.5", "198.51.100.20")):
+        wrapped({"REMOTE_ADDR": remote, "HTTP_X_FORWARDED_FOR": header}, None)
+    # From the proxy: what it appended (not what the client wrote before it); a bad entry or another sender:
+    # the connection's own address.
+    assert seen == ["198.51.100.20", "10.0.0.1", "192.0.2.5"]

@@ -14,6 +14,7 @@ from vmbackup import errors, validation
 from vmbackup.store import Ambiguous, Store
 
 TOKEN_LIFETIME = 3600
+TOKENS_PER_USER = 50  # a login beyond it revokes that user's oldest token
 # OWASP's Password Storage Cheat Sheet, argon2id: 19 MiB, 2 iterations, 1 lane (about 70 ms here).
 _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # hashes of earlier versions, upgraded at login
@@ -83,10 +84,16 @@ class Throttle:
 class Auth:
     """Who a request is, from `Authorization: Token ...` or `ES-API-KEY`."""
 
-    def __init__(self, store: Store, token_lifetime: int = TOKEN_LIFETIME, throttle: Throttle | None = None):
+    def __init__(self, store: Store, token_lifetime: int = TOKEN_LIFETIME, throttle: Throttle | None = None,
+                 address_throttle: Throttle | None = None, tokens_per_user: int = TOKENS_PER_USER):
         self.store = store
         self.token_lifetime = token_lifetime
+        # Failures are counted per (user, address): a user locked out from one address still logs in from
+        # another, so nobody keeps the admin out by failing a login now and then. An address has a ceiling of
+        # its own over every user it tries (password spraying).
         self.throttle = throttle or Throttle()
+        self.address_throttle = address_throttle or Throttle(free=30)
+        self.tokens_per_user = tokens_per_user
         # Checked when the user does not exist, so that an unknown name costs as long as a wrong password.
         self._dummy_hash = hash_password(secrets.token_hex(16))
 
@@ -127,23 +134,26 @@ class Auth:
         return vm["uuid"]
 
     def login(self, username: str, password: str, client: str = "") -> dict:
+        """A new token for `username`, or LoginFailed; `client`: the address the attempt comes from."""
         now = time.time()
-        keys = ["user:" + username, "addr:" + client]
-        wait = max(self.throttle.wait(key, now) for key in keys)
+        pair = "%s\0%s" % (username, client)
+        wait = max(self.throttle.wait(pair, now), self.address_throttle.wait(client, now))
         if wait > 0:
             raise errors.TooManyRequests(wait)
         user = self.store.get_user(username or "")
         stored = user["password"] if user else self._dummy_hash
         if not check_password(password or "", stored) or user is None:
-            for key in keys:
-                self.throttle.failed(key, now)
+            self.throttle.failed(pair, now)
+            self.address_throttle.failed(client, now)
             raise errors.LoginFailed("Unable to log in with provided credentials.")
-        for key in keys:
-            self.throttle.succeeded(key)
+        self.throttle.succeeded(pair)
         token = secrets.token_hex(20)
         expires = now + self.token_lifetime
         with self.store.lock:
             self.store.delete_tokens(lambda t: t.get("expires", 0) < now)
+            mine = sorted((t for t in self.store.user_tokens(username)), key=lambda t: t.get("expires", 0))
+            for old in mine[:max(0, len(mine) - self.tokens_per_user + 1)]:
+                self.store.delete_token(old["token_hash"])
             self.store.save_token({"token_hash": secret_hash(token), "username": username, "expires": expires})
             if needs_rehash(user["password"]):
                 current = self.store.get_user(username)

@@ -88,7 +88,7 @@ def serve_command(args: argparse.Namespace) -> int:
                  verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
                  webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
                  job_nice=args.job_nice, batch_runs=args.batch_runs, sync_import_limit=args.sync_import_limit,
-                 **engine_options(args))
+                 trusted_proxies=args.trusted_proxy, **engine_options(args))
     return 0
 
 
@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-runs", type=int, default=None, metavar="N",
                        help="runs a backup node's scheduled batch is split into, each compute node's disks in one "
                        "(default: the number of CPUs, %d here)" % (os.cpu_count() or 1))
+    serve.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
+                       help="a reverse proxy's address (repeat): its requests are the client's that the last "
+                       "X-Forwarded-For entry names, so login throttling counts each client, not the proxy")
     serve.add_argument("--sync-import-limit", type=int, default=IMPORT_LIMIT, metavar="N",
                        help="backups a sync imports from one backup node at most (what a node lists is only its "
                        "word; default: %(default)s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -47,8 +48,9 @@ class Application:
                  webhooks: list[str] | None = None,
                  webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
                  job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
-                 sync_import_limit: int = IMPORT_LIMIT):
+                 sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None):
         self.data_dir = os.path.abspath(data_dir)
+        self.trusted_proxies = frozenset(trusted_proxies or ())
         self.body_limit = body_limit
         self.run_retention = run_retention
         self.stream_limit = stream_limit
@@ -83,7 +85,7 @@ class Application:
 
     def wsgi(self):
         app = build_app(self.service, self.auth, stream_limit=self.stream_limit, metrics=self.metrics)
-        return limit_body(utf8_only(es_header_names(app)), self.body_limit)
+        return limit_body(utf8_only(es_header_names(forwarded_for(app, self.trusted_proxies))), self.body_limit)
 
     def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800, adopt: bool = False) -> dict:
         """Start a sync with the backup nodes (unless one is running); with `wait`, its finished task."""
@@ -202,6 +204,21 @@ class Application:
         log.info("metrics for Prometheus on http://%s:%s/metrics (no authentication)", host or "127.0.0.1", port)
 
 
+def forwarded_for(app, proxies: frozenset[str]):
+    """WSGI middleware: a request from one of `proxies` is the client's that its last X-Forwarded-For entry
+    names (what that proxy appended; entries before it are the client's to choose). Login throttling is keyed
+    by REMOTE_ADDR: behind a proxy, without this, every client would share the proxy's address."""
+    def wsgi(environ, start_response):
+        if proxies and environ.get("REMOTE_ADDR") in proxies:
+            last = (environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")[-1].strip()
+            try:
+                environ["REMOTE_ADDR"] = str(ipaddress.ip_address(last))
+            except ValueError:
+                pass
+        return app(environ, start_response)
+    return wsgi
+
+
 def limit_body(app, limit: int):
     """WSGI wrapper: a body declared larger than `limit` is answered 413 before any of it is read.
     (waitress refuses larger chunked bodies itself while reading, see serve.)"""
@@ -250,7 +267,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
           metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
           stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
-          sync_import_limit: int = IMPORT_LIMIT, **engine) -> None:
+          sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None, **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
@@ -260,7 +277,8 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
     app = Application(data_dir, inventory, size_limit, jobs_per_node, body_limit=body_limit,
                       run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
                       webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, job_nice=job_nice,
-                      batch_runs=batch_runs, sync_import_limit=sync_import_limit, **engine)
+                      batch_runs=batch_runs, sync_import_limit=sync_import_limit, trusted_proxies=trusted_proxies,
+                      **engine)
     app.scheduler.interval = schedule_interval
     if metrics_listen:
         app.serve_metrics(metrics_listen)

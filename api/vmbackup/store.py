@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
+from tinydb.table import Document
 
 from vmbackup.journal import Journal, fsync_folder
 
@@ -161,6 +162,11 @@ def applied(data: dict | None, table_changes: dict) -> dict:
                 current[doc_id] = doc
         result[table] = current
     return result
+
+
+def token_id(token_hash: str) -> int:
+    """The record id of a token: 60 bits of its (sha256) hash."""
+    return int(token_hash[:15], 16) + 1
 
 
 def docs(db: TinyDB, table: str) -> list[Doc]:
@@ -727,17 +733,26 @@ class Store:
         with self.lock:
             return next((u for u in self.main.table("users").all() if test(u)), None)
 
+    # A token's record is stored under an id made of its hash, so every request finds it without a scan (a
+    # scan of 20,000 tokens cost 7 ms a request).
     def save_token(self, token: Doc) -> None:
         with self.lock:
-            self.main.table("tokens").upsert(token, Query().token_hash == token["token_hash"])
+            self.main.table("tokens").upsert(Document(token, doc_id=token_id(token["token_hash"])))
 
     def get_token(self, token_hash: str) -> Doc | None:
         with self.lock:
-            return self.main.table("tokens").get(Query().token_hash == token_hash)
+            doc = self.main.storage.peek().get("tokens", {}).get(str(token_id(token_hash)))
+            return dict(doc) if doc is not None and doc.get("token_hash") == token_hash else None
 
     def delete_token(self, token_hash: str) -> None:
         with self.lock:
-            self.main.table("tokens").remove(Query().token_hash == token_hash)
+            if self.get_token(token_hash) is not None:
+                self.main.table("tokens").remove(doc_ids=[token_id(token_hash)])
+
+    def user_tokens(self, username: str) -> list[Doc]:
+        with self.lock:
+            return [dict(t) for t in self.main.storage.peek().get("tokens", {}).values()
+                    if t.get("username") == username]
 
     def delete_tokens(self, test: Callable[[Doc], bool]) -> int:
         """Remove every token `test` accepts (a user's, or the expired ones); return how many."""
