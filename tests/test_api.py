@@ -270,10 +270,12 @@ def test_one_job_per_disk_and_the_same_name_twice(env):
     pending = client.get("vm/%s/backup" % vm.hostname, full=True, define="slow").result
     assert pending[0]["status"] == 2
     bkpname = pending[0]["name"]
-    assert client.put("vm/%s/backup/%s" % (vm.hostname, bkpname), target_hostname_or_uuid=vm.hostname,
-                      target_disk_id=1).body == {"detail": "VM backup status is not OK"}
-    assert client.delete("vm/%s/backup/%s" % (vm.hostname, bkpname)).status == 417
-    assert client.delete("vm/%s/backup" % vm.hostname, bkpnames=[bkpname]).status == 417
+    refused = client.put("vm/%s/backup/%s" % (vm.hostname, bkpname), target_hostname_or_uuid=vm.hostname,
+                         target_disk_id=1)
+    assert (refused.status, refused.body) == (417, {"detail": "VM backup status is not OK"})
+    for refused in (client.delete("vm/%s/backup/%s" % (vm.hostname, bkpname)),
+                    client.delete("vm/%s/backup" % vm.hostname, bkpnames=[bkpname])):
+        assert (refused.status, refused.body) == (417, {"detail": "VM backup status is not OK"})
     env.wait(client, first.task_id)
     assert client.get("task/%s/done" % first.task_id).body["done"] is True
     assert client.put("task/%s/cancel" % first.task_id).status == 406
@@ -324,12 +326,17 @@ def test_bulk_delete(env):
         done = create(env, client, vm, "bulk")
         names.append(done["result"]["detail"].split(",")[0].split("=")[1])
         time.sleep(1.1)
-    assert client.delete("vm/%s/backup" % vm.hostname, bkpnames=[]).body == {"detail": "Invalid bkpnames"}
-    assert client.delete("vm/%s/backup" % vm.hostname, bkpnames=["nosuch"]).body == {"detail": "Backup not found"}
+    refused = client.delete("vm/%s/backup" % vm.hostname, bkpnames=[])
+    assert (refused.status, refused.body) == (412, {"detail": "Invalid bkpnames"})
+    refused = client.delete("vm/%s/backup" % vm.hostname, bkpnames=["nosuch"])
+    assert (refused.status, refused.body) == (404, {"detail": "Backup not found"})
+    target = "%s/backups/ds/%s-disk0" % (env.lab.backup_pool, vm.uuid)
+    assert set(names) <= set(snapshots(target))
     response = client.delete("vm/%s/backup" % vm.hostname, bkpnames=names)
     assert response.status == 201
     assert env.wait(client, response.task_id)["result"]["message"] == "Backups successfully deleted"
     assert client.get("vm/%s/backup" % vm.hostname, define="bulk").result == []
+    assert not set(names) & set(snapshots(target))  # gone from the pool, not only from the records
 
 
 def test_lost_backup_is_removed_from_the_records_at_once(env):
