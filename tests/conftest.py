@@ -146,3 +146,14 @@ def nodes(request):
     """The same test on nodes reached by ssh running zfs-fuse (netlab: filesystems as VM disks) and OpenZFS
     2.3 (the OpenZFS lab: zvols)."""
     return request.getfixturevalue("netlab" if request.param == "zfs-fuse" else "ozlab")
+
+
+# The files that run on the OpenZFS guests take longest (software-emulated guests): collected first, so that one
+# worker starts on them at once (pytest-xdist's --dist loadfile hands files out in collection order) and the
+# other works through the rest meanwhile, instead of both waiting on them at the end.
+LONGEST_FIRST = ("test_nodes.py", "test_faults.py", "test_hostile_nodes.py", "test_guest_agent.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
