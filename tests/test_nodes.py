@@ -33,7 +33,7 @@ def run(nodes, playbook: str, *options: str, **extra) -> Run:
 
 def ok(nodes, playbook: str, *options: str, **extra) -> Run:
     done = run(nodes, playbook, *options, **extra)
-    assert done.ok, done
+    assert done.ok, str(done)  # a str: pytest shortens the repr of an object
     return done
 
 

@@ -765,10 +765,12 @@ class OpenZfsLab:
 
     def write_inventory(self) -> str:
         """groups compute and backup, reached by address and ssh only; the backup nodes pull over ssh."""
-        # One ssh connection per peer, reused by the module's commands for a minute: an ssh handshake costs the
-        # emulated guests seconds, and a backup runs about ten commands on its compute node.
+        # One ssh connection per peer, reused by the modules' commands: an ssh handshake costs the emulated
+        # guests seconds, and a backup runs about ten commands on its compute node. The master never expires
+        # while idle (ControlPersist=yes): one that expires races the client that reaches it as it exits ("session
+        # request failed"); a master whose link is cut ends by ServerAlive, and clients then connect anew.
         ssh = {"vmbackup_ssh_user": "root", "vmbackup_ssh_port": 22, "vmbackup_ssh_key": "/root/.ssh/id_lab",
-               "vmbackup_ssh_options": list(SSH_OPTIONS) + ["ControlMaster=auto", "ControlPersist=60",
+               "vmbackup_ssh_options": list(SSH_OPTIONS) + ["ControlMaster=auto", "ControlPersist=yes",
                                                              "ControlPath=/root/.ssh/vmbackup-%C"]}
         groups: dict = {"compute": {"hosts": {}}, "backup": {"hosts": {}}}
         for node in self.node_list():
