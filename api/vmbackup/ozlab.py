@@ -42,6 +42,7 @@ import yaml
 
 from vmbackup import lab as labmod
 from vmbackup.lab import LabVM, pid_alive, read_pid, say
+from vmbackup.netlab import link_exists, parse_nodes  # noqa: F401 (parse_nodes: the CLI's --node)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -131,10 +132,6 @@ def run(argv: list[str], check: bool = True, env: dict | None = None, **kwargs) 
         raise RuntimeError("%s failed (rc=%d): %s" % (" ".join(argv[:12]), proc.returncode,
                                                       (proc.stderr or proc.stdout).strip()[-2000:]))
     return proc
-
-
-def link_exists(name: str) -> bool:
-    return run(["ip", "link", "show", name], check=False).returncode == 0
 
 
 # -- the host and the image -----------------------------------------------------------------------------------
@@ -619,17 +616,6 @@ def shell_quote(word: str) -> str:
 
 def tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-def parse_nodes(specs: list[str]) -> list[tuple[str, str]]:
-    """`ROLE:NAME` items (role compute or backup) into (name, role) pairs."""
-    nodes = []
-    for spec in specs:
-        role, _, name = spec.partition(":")
-        if role not in ("compute", "backup") or not name or not name.replace("-", "").isalnum():
-            raise RuntimeError("--node %s: say ROLE:NAME, ROLE compute or backup, NAME letters, digits, -" % spec)
-        nodes.append((name, role))
-    return nodes
 
 
 @dataclasses.dataclass
