@@ -595,3 +595,39 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_clients():
     # From the proxy: what it appended (not what the client wrote before it); a bad entry or another sender:
     # the connection's own address.
     assert seen == ["198.51.100.20", "10.0.0.1", "192.0.2.5"]
+
+
+def test_a_definition_put_never_undoes_what_the_scheduler_wrote_meanwhile(tmp_path, monkeypatch):
+    """The scheduler writes last_due (under the store lock) while a PUT validates its changes: the PUT reads,
+    changes and writes under the lock too, so the scheduler's write lands after it, and both stay."""
+    from types import SimpleNamespace
+
+    from vmbackup.lab import LabVM
+    from vmbackup.service import SCHEDULER, Service
+    store = Store(str(tmp_path))
+    machine = LabVM(str(uuidlib.uuid4()), "put-%s.lab" % uuidlib.uuid4().hex[:6], size_mb=64)
+    pools = SimpleNamespace(compute_pool="zones", backup_pool="bkp")
+    seed_nodes(store, pools)
+    seed(store, pools, machine)
+    service = Service(store, runner=None)
+    service.create_definition(SCHEDULER, machine.hostname, "daily", {"node": "tb", "zpool": "bkp",
+                                                                      "schedule": "0 4 * * *", "retention": 3})
+    checked = service._check_definition
+    scheduler_wrote = threading.Event()
+
+    def scheduler_tick():
+        with store.lock:
+            current = store.get_definition(machine.uuid, 1, "daily")
+            store.save_definition(dict(current, last_due="2026-12-05T04:00:00Z"))
+        scheduler_wrote.set()
+
+    def slow_check(fields, definition):
+        threading.Thread(target=scheduler_tick, daemon=True).start()
+        scheduler_wrote.wait(0.5)  # blocked on the lock: the PUT holds it
+        checked(fields, definition)
+
+    monkeypatch.setattr(service, "_check_definition", slow_check)
+    service.update_definition(SCHEDULER, machine.hostname, "daily", {"retention": 9})
+    assert scheduler_wrote.wait(5)
+    after = store.get_definition(machine.uuid, 1, "daily")
+    assert (after["retention"], after["last_due"]) == (9, "2026-12-05T04:00:00Z")

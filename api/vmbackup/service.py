@@ -276,6 +276,12 @@ class Service:
 
     def update_definition(self, user: dict, vm_name: str, name: str, data: dict) -> dict:
         vm, disk = self._writable_vm(user, vm_name, data)
+        # Read, change and write under the store's lock: the scheduler writes `last_due` and `last_drill` of the
+        # same record (under the lock too); a copy read before and written after it would undo them.
+        with self.store.lock:
+            return self._update_definition(vm, disk, name, data)
+
+    def _update_definition(self, vm: dict, disk: dict, name: str, data: dict) -> dict:
         definition = self.store.get_definition(vm["uuid"], disk["disk_id"], name)
         if definition is None:
             raise errors.NotFound(errors.DEFINITION_NOT_FOUND)
