@@ -141,6 +141,15 @@ def ozlab():
     return the_lab
 
 
+@pytest.fixture
+def progress():
+    """A progress file's path, the same on this machine, in netlab's nodes and in the OpenZFS lab's guests."""
+    path = "/var/tmp/vmbackup-progress-%s.json" % uuid.uuid4().hex[:8]
+    yield path
+    if os.path.exists(path):
+        os.unlink(path)
+
+
 @pytest.fixture(scope="module", params=["zfs-fuse", "openzfs"])
 def nodes(request):
     """The same test on nodes reached by ssh running zfs-fuse (netlab: filesystems as VM disks) and OpenZFS
@@ -151,7 +160,7 @@ def nodes(request):
 # The files that run on the OpenZFS guests take longest (software-emulated guests): collected first, so that one
 # worker starts on them at once (pytest-xdist's --dist loadfile hands files out in collection order) and the
 # other works through the rest meanwhile, instead of both waiting on them at the end.
-LONGEST_FIRST = ("test_nodes.py", "test_faults.py", "test_hostile_nodes.py", "test_guest_agent.py")
+LONGEST_FIRST = ("test_nodes.py", "test_hostile_nodes.py", "test_guest_agent.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,6 +1,7 @@
-"""Faults on a lab of separate nodes, through the playbooks run for real over ssh: a link cut during a full, an
-incremental and a file backup and during a restore, the compute node's zfs-fuse killed mid-send, and a node that
-stops answering the API's discovery.
+"""Faults on a lab of separate nodes, through the playbooks run for real over ssh: a link cut during an
+incremental and a file backup and during a restore (during a full one: tests/test_nodes.py, on netlab and on
+the OpenZFS lab), the compute node's zfs-fuse killed mid-send, and a node that stops answering the API's
+discovery.
 
 What must hold after each: no partial file, no half-received dataset or extra snapshot on the backup node, the
 target of a restore byte-identical, and the next backup succeeds (incremental where a base exists). A snapshot
@@ -28,38 +29,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, veths and
 
 def new_vm(node, data_mb: int = DATA_MB):
     return make_vm(node, data_mb)
-
-
-@pytest.fixture
-def progress():
-    """A progress file's path, the same on this machine, in netlab's nodes and in the OpenZFS lab's guests."""
-    path = "/var/tmp/vmbackup-progress-%s.json" % uuid.uuid4().hex[:8]
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-
-
-def test_link_cut_during_a_full_send(nodes, progress):
-    """On netlab and on the OpenZFS lab (a zvol, between two guests)."""
-    netlab = nodes
-    compute, backup = netlab.node("compute"), netlab.node("backup")
-    vm = new_vm(compute)
-    disk = vm.disk(compute.pools[0], 0)
-    before = backup_state(backup, vm)
-    run = Run(netlab, "backup.yml", progress, hostname=vm.hostname, bkpdef="full", bwlimit=BWLIMIT)
-    out = cut_midway(compute, run, progress, reader=backup)
-    assert "transfer failed" in out, out[-4000:]
-    assert backup_state(backup, vm) == before  # nothing received, no manifest
-    # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
-    left = snapshots(compute, disk)
-    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
-
-    out = playbook(netlab, "backup.yml", hostname=vm.hostname, bkpdef="full")
-    assert "as a full backup" in said(out), out[-3000:]
-    newest = snapshots(compute, disk)
-    assert len(newest) == 1 and newest[0] not in left  # the failed run's snapshot went with the next backup
-    target = "%s/backups/ds/%s-disk0" % (backup.pools[0], vm.uuid)
-    assert snapshots(backup, target) == newest
 
 
 def test_link_cut_during_an_incremental_send(netlab, progress):

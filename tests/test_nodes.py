@@ -17,7 +17,8 @@ import time
 
 import pytest
 from api_env import ADMIN, ApiEnv
-from node_env import backup_state, new_vm, snapshots
+from node_env import Run as Background
+from node_env import backup_state, cut_midway, new_vm, playbook, said, snapshots
 from playbook_env import Run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, QEMU taps and zfs-fuse need root")
@@ -246,3 +247,27 @@ def test_the_api_backs_up_restores_and_marks_a_destroyed_backup_lost(nodes):
     finally:
         env.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_link_cut_during_a_full_send(nodes, progress):
+    """The compute node's link cut mid-send (a zvol between two guests on OpenZFS): nothing received, no
+    manifest, and the next backup is a full one that takes the failed run's snapshot away. Last in this file:
+    no other test uses the guests while the link is down (the OpenZFS guests are shared by the test workers,
+    and every test on them is in this file but the hostile-node ones, which never lose a link)."""
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, 10, 128)
+    disk = vm.disk(compute.pools[0], 0)
+    before = backup_state(backup, vm)
+    run = Background(nodes, "backup.yml", progress, hostname=vm.hostname, bkpdef="full", bwlimit=2_000_000)
+    out = cut_midway(compute, run, progress, reader=backup)
+    assert "transfer failed" in out, out[-4000:]
+    assert backup_state(backup, vm) == before  # nothing received, no manifest
+    # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
+    left = snapshots(compute, disk)
+    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
+
+    out = playbook(nodes, "backup.yml", hostname=vm.hostname, bkpdef="full")
+    assert "as a full backup" in said(out), out[-3000:]
+    newest = snapshots(compute, disk)
+    assert len(newest) == 1 and newest[0] not in left  # the failed run's snapshot went with the next backup
+    assert snapshots(backup, target(nodes, vm)) == newest
