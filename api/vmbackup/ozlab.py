@@ -55,9 +55,10 @@ BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "openssh-server", "openssh-clie
                  "ca-certificates", "util-linux"]
 BUILD_PACKAGES = ["dkms", "build-essential"]
 LATER_PACKAGES = ["sanoid"]  # syncoid, the benchmarks' baseline; pulls in perl
-# The host's: QEMU 10 from backports, debootstrap, and what the lab's network needs.
+# The host's: QEMU 10 from backports, debootstrap, what the lab's network needs, and e2fsprogs (mkfs.ext4 -d
+# makes the image; the guest agent test reads ext4 images).
 HOST_BACKPORTS = ["qemu-system-x86", "qemu-utils"]
-HOST_PACKAGES = ["debootstrap", "iproute2", "openssh-client", "zstd"]
+HOST_PACKAGES = ["debootstrap", "iproute2", "openssh-client", "zstd", "e2fsprogs"]
 BACKPORTS_SOURCE = "/etc/apt/sources.list.d/vmbackup-backports.sources"
 # Bump when the recipe below changes what an image holds: the cache key includes it.
 RECIPE = 5
