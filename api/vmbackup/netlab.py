@@ -40,6 +40,60 @@ def link_exists(name: str) -> bool:
     return labmod.run(["ip", "link", "show", name], check=False).returncode == 0
 
 
+def set_link(name: str, up: bool) -> None:
+    """Set a node's host-side link up or down (as a pulled cable)."""
+    labmod.run(["ip", "link", "set", name, "up" if up else "down"])
+
+
+def link_is_up(name: str) -> bool:
+    out = labmod.run(["ip", "-o", "link", "show", name], check=False).stdout
+    flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+    return "UP" in flags
+
+
+def ensure_bridge(bridge: str, subnet: str) -> None:
+    """A lab's bridge, up, holding `<subnet>.1/24`."""
+    if not link_exists(bridge):
+        say("bridge %s with %s.1/24" % (bridge, subnet))
+        labmod.run(["ip", "link", "add", bridge, "type", "bridge"])
+    if " %s.1/" % subnet not in labmod.run(["ip", "-o", "addr", "show", "dev", bridge]).stdout:
+        labmod.run(["ip", "addr", "add", subnet + ".1/24", "dev", bridge])
+    labmod.run(["ip", "link", "set", bridge, "up"])
+
+
+def remove_bridge(bridge: str) -> None:
+    if link_exists(bridge):
+        say("removing bridge %s" % bridge)
+        labmod.run(["ip", "link", "del", bridge], check=False)
+
+
+def write_ssh_inventory(path: str, written_by: str, nodes: list, pool: str, key: str, options: list[str],
+                        peer_ssh: dict, timeout: int) -> str:
+    """An inventory of a lab's nodes (name, role, address) in groups compute and backup, reached by address and
+    ssh only with `key` and `options`; compute nodes carry `peer_ssh`, how the backup nodes pull from them."""
+    groups: dict = {"compute": {"hosts": {}}, "backup": {"hosts": {}}}
+    for node in nodes:
+        host = {"ansible_host": node.address}
+        if node.role == "compute":
+            host.update(vmbackup_pool=pool, vmbackup_pools=[pool], vmbackup_backend="zfs",
+                        vmbackup_ssh_host=node.address, **peer_ssh)
+        else:
+            host.update(vmbackup_zpool=pool)
+        groups[node.role]["hosts"][node.name] = host
+    inventory = {"all": {
+        "vars": {"ansible_connection": "ssh", "ansible_user": "root", "ansible_port": 22,
+                 "ansible_ssh_private_key_file": key,
+                 "ansible_ssh_common_args": " ".join("-o " + o for o in options),
+                 "ansible_ssh_timeout": timeout,
+                 "ansible_python_interpreter": "/usr/bin/python3"},
+        "children": groups}}
+    with open(path + ".tmp", "w") as handle:
+        handle.write("# Written by `%s`: nodes reached by address and ssh.\n" % written_by)
+        yaml.safe_dump(inventory, handle, sort_keys=False)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 @dataclasses.dataclass
 class NetNode:
     """One node: its namespaces, its zfs-fuse, its sshd and its pools."""
@@ -236,12 +290,10 @@ class NetNode:
     # -- faults -------------------------------------------------------------------------------
     def link(self, up: bool) -> None:
         """Set the node's link up or down (from the host side, as a pulled cable)."""
-        labmod.run(["ip", "link", "set", self.veth, "up" if up else "down"])
+        set_link(self.veth, up)
 
     def link_is_up(self) -> bool:
-        out = labmod.run(["ip", "-o", "link", "show", self.veth], check=False).stdout
-        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
-        return "UP" in flags
+        return link_is_up(self.veth)
 
     # -- VMs ----------------------------------------------------------------------------------
     def create_vm(self, vm: LabVM, data_mb: int = 16) -> list[str]:
@@ -362,12 +414,7 @@ class NetLab:
                 labmod.install_packages(labmod.APT_PACKAGES + APT_PACKAGES)
         os.makedirs(self.directory, exist_ok=True)
         self.save()
-        if not link_exists(self.bridge):
-            say("bridge %s with %s.1/24" % (self.bridge, self.subnet))
-            labmod.run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        if " %s.1/" % self.subnet not in labmod.run(["ip", "-o", "addr", "show", "dev", self.bridge]).stdout:
-            labmod.run(["ip", "addr", "add", self.subnet + ".1/24", "dev", self.bridge])
-        labmod.run(["ip", "link", "set", self.bridge, "up"])
+        ensure_bridge(self.bridge, self.subnet)
         for path, comment in ((self.key, "vmbackup-netlab"), (os.path.join(self.directory, "ssh_host_ed25519_key"),
                                                               "vmbackup-netlab-host")):
             if not os.path.exists(path):
@@ -389,38 +436,17 @@ class NetLab:
 
     def write_inventory(self) -> str:
         """groups compute and backup, reached by address and ssh only; the backup nodes pull over ssh."""
-        ssh = {"vmbackup_ssh_user": "root", "vmbackup_ssh_port": 22, "vmbackup_ssh_key": self.key,
-               "vmbackup_ssh_options": list(SSH_OPTIONS)}
-        groups: dict = {"compute": {"hosts": {}}, "backup": {"hosts": {}}}
-        for node in self.node_list():
-            host = {"ansible_host": node.address}
-            if node.role == "compute":
-                host.update(vmbackup_pool=self.pool, vmbackup_pools=[self.pool], vmbackup_backend="zfs",
-                            vmbackup_ssh_host=node.address, **ssh)
-            else:
-                host.update(vmbackup_zpool=self.pool)
-            groups[node.role]["hosts"][node.name] = host
-        inventory = {"all": {
-            "vars": {"ansible_connection": "ssh", "ansible_user": "root", "ansible_port": 22,
-                     "ansible_ssh_private_key_file": self.key,
-                     "ansible_ssh_common_args": " ".join("-o " + o for o in SSH_OPTIONS),
-                     # Ansible passes its own ConnectTimeout (10 s) ahead of the common args, and ssh keeps the first.
-                     "ansible_ssh_timeout": 5,
-                     "ansible_python_interpreter": "/usr/bin/python3"},
-            "children": groups}}
-        with open(self.inventory + ".tmp", "w") as handle:
-            handle.write("# Written by `vmbackup netlab up`: nodes in namespaces, reached by address and ssh.\n")
-            yaml.safe_dump(inventory, handle, sort_keys=False)
-        os.replace(self.inventory + ".tmp", self.inventory)
-        return self.inventory
+        peer = {"vmbackup_ssh_user": "root", "vmbackup_ssh_port": 22, "vmbackup_ssh_key": self.key,
+                "vmbackup_ssh_options": list(SSH_OPTIONS)}
+        # Ansible passes its own ConnectTimeout (10 s) ahead of the common args, and ssh keeps the first: 5.
+        return write_ssh_inventory(self.inventory, "vmbackup netlab up", self.node_list(), self.pool, self.key,
+                                   SSH_OPTIONS, peer, timeout=5)
 
     def down(self) -> None:
         """Stop every node's daemons, remove namespaces, links, pools and the lab folder."""
         for node in self.node_list():
             node.down()
-        if link_exists(self.bridge):
-            say("removing bridge %s" % self.bridge)
-            labmod.run(["ip", "link", "del", self.bridge], check=False)
+        remove_bridge(self.bridge)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def status(self) -> str:

@@ -38,11 +38,17 @@ import subprocess
 import time
 import zlib
 
-import yaml
-
 from vmbackup import lab as labmod
 from vmbackup.lab import LabVM, pid_alive, read_pid, say
-from vmbackup.netlab import link_exists, parse_nodes  # noqa: F401 (parse_nodes: the CLI's --node)
+from vmbackup.netlab import (  # noqa: F401 (parse_nodes: the CLI's --node)
+    ensure_bridge,
+    link_exists,
+    link_is_up,
+    parse_nodes,
+    remove_bridge,
+    set_link,
+    write_ssh_inventory,
+)
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -521,12 +527,10 @@ class Guest:
     # -- faults ---------------------------------------------------------------------------------------------
     def link(self, up: bool) -> None:
         """Set the guest's tap up or down (from the host side, as a pulled cable)."""
-        run(["ip", "link", "set", self.tap, "up" if up else "down"])
+        set_link(self.tap, up)
 
     def link_is_up(self) -> bool:
-        out = run(["ip", "-o", "link", "show", self.tap], check=False).stdout
-        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
-        return "UP" in flags
+        return link_is_up(self.tap)
 
     # -- VMs ------------------------------------------------------------------------------------------------
     def create_vm(self, vm: LabVM, data_mb: int = 16) -> list[str]:
@@ -700,12 +704,7 @@ class OpenZfsLab:
         compute guest, the inventory. Idempotent: running guests are kept."""
         image = ensure_image(self.cache)
         os.makedirs(self.directory, exist_ok=True)
-        if not link_exists(self.bridge):
-            say("bridge %s with %s.1/24" % (self.bridge, self.subnet))
-            run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        if " %s.1/" % self.subnet not in run(["ip", "-o", "addr", "show", "dev", self.bridge]).stdout:
-            run(["ip", "addr", "add", self.subnet + ".1/24", "dev", self.bridge])
-        run(["ip", "link", "set", self.bridge, "up"])
+        ensure_bridge(self.bridge, self.subnet)
         if not os.path.exists(self.key):
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmbackup-ozlab", "-f", self.key])
         nodes = self.node_list()
@@ -756,31 +755,12 @@ class OpenZfsLab:
         # guests seconds, and a backup runs about ten commands on its compute node. The master never expires
         # while idle (ControlPersist=yes): one that expires races the client that reaches it as it exits ("session
         # request failed"); a master whose link is cut ends by ServerAlive, and clients then connect anew.
-        ssh = {"vmbackup_ssh_user": "root", "vmbackup_ssh_port": 22, "vmbackup_ssh_key": "/root/.ssh/id_lab",
-               "vmbackup_ssh_options": list(SSH_OPTIONS) + ["ControlMaster=auto", "ControlPersist=yes",
-                                                             "ControlPath=/root/.ssh/vmbackup-%C"]}
-        groups: dict = {"compute": {"hosts": {}}, "backup": {"hosts": {}}}
-        for node in self.node_list():
-            host = {"ansible_host": node.address}
-            if node.role == "compute":
-                host.update(vmbackup_pool=self.pool, vmbackup_pools=[self.pool], vmbackup_backend="zfs",
-                            vmbackup_ssh_host=node.address, **ssh)
-            else:
-                host.update(vmbackup_zpool=self.pool)
-            groups[node.role]["hosts"][node.name] = host
-        inventory = {"all": {
-            "vars": {"ansible_connection": "ssh", "ansible_user": "root", "ansible_port": 22,
-                     "ansible_ssh_private_key_file": self.key,
-                     "ansible_ssh_common_args": " ".join("-o " + o for o in SSH_OPTIONS),
-                     "ansible_ssh_timeout": 30,
-                     "ansible_python_interpreter": "/usr/bin/python3"},
-            "children": groups}}
+        peer = {"vmbackup_ssh_user": "root", "vmbackup_ssh_port": 22, "vmbackup_ssh_key": "/root/.ssh/id_lab",
+                "vmbackup_ssh_options": list(SSH_OPTIONS) + ["ControlMaster=auto", "ControlPersist=yes",
+                                                              "ControlPath=/root/.ssh/vmbackup-%C"]}
         self.share_key()
-        with open(self.inventory + ".tmp", "w") as handle:
-            handle.write("# Written by `vmbackup ozlab up`: OpenZFS guests, reached by address and ssh.\n")
-            yaml.safe_dump(inventory, handle, sort_keys=False)
-        os.replace(self.inventory + ".tmp", self.inventory)
-        return self.inventory
+        return write_ssh_inventory(self.inventory, "vmbackup ozlab up", self.node_list(), self.pool, self.key,
+                                   SSH_OPTIONS, peer, timeout=30)
 
     def share_key(self) -> None:
         """Backup guests pull from compute guests over ssh: each guest holds the lab's key as
@@ -798,9 +778,7 @@ class OpenZfsLab:
             if node.pid:
                 say("%s: stopping" % node.name)
             node.down()
-        if link_exists(self.bridge):
-            say("removing bridge %s" % self.bridge)
-            run(["ip", "link", "del", self.bridge], check=False)
+        remove_bridge(self.bridge)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def status(self) -> str:
