@@ -469,6 +469,32 @@ def test_remaining_status_codes_of_the_seed(env):
     assert env.wait(client, job.task_id)["code"] == 200
 
 
+def test_a_second_service_on_the_data_dir_sees_the_claims_of_the_first(env):
+    """Claims live in the store with their tasks: a second `serve` on the same data dir refuses a backup of
+    a disk the first one is backing up (409), and takes it once that job ended."""
+    from api_env import ApiEnv
+    lab, vm = env.lab, env.vms["a"]
+    client = env.client()
+    define(client, vm, "slow", disk_id=2, bwlimit=500000)
+    define(client, vm, "other", disk_id=2)
+    lab.write_data(vm.disk(lab.compute_pool, 1), "slow.bin", 3)  # about 6 s at 0.5 MB/s
+    second = ApiEnv(lab, env.data_dir, env.inventory, serve_args=["--no-discover"])
+    second.start()
+    try:
+        other = second.client()
+        job = client.post("vm/%s/backup/slow" % vm.hostname, disk_id=2)
+        assert job.status == 201
+        refused = other.post("vm/%s/backup/other" % vm.hostname, disk_id=2)
+        assert (refused.status, refused.body) == (409, {"detail": "VM has pending tasks"})
+        assert other.post("vm/%s/backup/other" % vm.hostname, disk_id=1).status == 404  # no such definition there
+        assert env.wait(client, job.task_id)["code"] == 200
+        taken = other.post("vm/%s/backup/other" % vm.hostname, disk_id=2)
+        assert taken.status == 201, taken.body
+        assert second.wait(other, taken.task_id)["code"] == 200
+    finally:
+        second.stop()
+
+
 def json_of(reply) -> dict:
     import json
     return json.loads(reply.read())

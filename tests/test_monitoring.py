@@ -320,13 +320,41 @@ def test_lateness_counts_in_the_schedules_own_intervals():
     assert lateness("* * * * *", minute, minute + datetime.timedelta(minutes=5))[1] == pytest.approx(5.5)
 
 
-def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make():
-    from vmbackup.metrics import failed_items
+def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path):
+    """The failure counters come from the job's outcome as data (`failed_items` on the task), kept by the store
+    as tasks end, seen by every process, and kept when old tasks are purged."""
+    from vmbackup import facts
+    from vmbackup.jobs import BackupJob
+    from vmbackup.queue import JobQueue
+    from vmbackup.runner import RunResult
+
+    store = Store(str(tmp_path))
+    queue = JobQueue(store, runner=None)
     items = [{"vm_uuid": "u", "disk_id": n, "define": "daily", "bkpname": "daily-%d" % n, "hostname": "h"}
              for n in (1, 2)]
-    partly = {"kind": "backup", "status": "SUCCESS", "items": items,
-              "result": {"detail": "made=1, failed=1; name=daily-1, disk_id=1; daily-2: dataset does not exist"}}
-    assert failed_items(partly) == [("u", 2, "daily")]
-    assert failed_items(dict(partly, status="FAILURE")) == [("u", 1, "daily"), ("u", 2, "daily")]
-    assert failed_items(dict(partly, status="PENDING")) == []
-    assert failed_items({"kind": "a kind of a newer version", "status": "FAILURE"}) == []
+    task = {"task_id": "a-1", "kind": "backup", "status": "PENDING", "items": items, "node": "b",
+            "username": "scheduler", "started": iso(now())}
+    store.insert_task(task)
+    for item in items:
+        store.insert_backup(dict(item, name=item["bkpname"], status=facts.PENDING, created=iso(now())))
+    outcome = BackupJob().apply(store, task, RunResult("failed", 2, {"backups": {
+        facts.batch_key("u", 1, "daily-1"): {"ok": True, "size": 1, "time": 1},
+        facts.batch_key("u", 2, "daily-2"): {"ok": False, "msg": "dataset does not exist"}}}))
+    assert outcome.facts["failed_items"] == [["u", 2, "daily"]]
+    # The detail can say anything: the count does not read it.
+    queue.finish("a-1", RunResult("failed", 2, {"backups": {}}, "the run was lost"))
+    assert store.get_task("a-1")["failed_items"] == [["u", 1, "daily"], ["u", 2, "daily"]]
+    assert store.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
+    other = Store(str(tmp_path))  # another process on the data dir counts the same
+    assert other.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
+
+    # Purged with the day they were recorded on (later than a retention), their counts stay, in every process.
+    assert store.purge_tasks(now()) == 0  # today's tasks are not before today
+    assert store.purge_tasks(now() + datetime.timedelta(days=1)) == 1
+    assert store.get_task("a-1") is None and list(store.task_log()) == []
+    assert store.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
+    assert other.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
+    assert Store(str(tmp_path)).failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
+    # A day that still has a pending job stays whole.
+    store.insert_task(dict(task, task_id="a-2"))
+    assert store.purge_tasks(now() + datetime.timedelta(days=1)) == 0 and store.get_task("a-2") is not None

@@ -360,3 +360,54 @@ def test_no_partial_datasets_anywhere_after_the_suite(lab):
     names = zfs("list", "-H", "-o", "name", "-r", lab.compute_pool).splitlines()
     assert [n for n in names if "-restore-" in n] == []
     assert glob.glob(os.path.join(lab.mountpoint(lab.compute_pool), "*-restore-*")) == []
+
+
+def test_a_vm_started_during_the_transfer_keeps_its_disk(lab, vm):
+    """The API checked the VM was stopped when the restore was asked for; the module asks again right before
+    the swap, so a VM started during a long transfer keeps its disk, as it was (the zfs backend: the disk's
+    vmbackup:state)."""
+    disk = vm.disk(lab.compute_pool, 0)
+    assert not backup(lab, vm, "daily-20261129_020000").failed
+    lab.write_data(disk, "after-backup.bin", 2)
+    before = state(disk)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(res=restore(
+        lab, vm, "daily-20261129_020000", disk, bwlimit=2 * 2**20)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not leftovers(disk) and time.monotonic() < deadline:  # the incoming copy: the transfer runs
+        time.sleep(0.1)
+    assert leftovers(disk), "the restore never started receiving"
+    zfs("set", "vmbackup:state=running", disk)  # the VM starts meanwhile
+    try:
+        worker.join(120)
+        res = outcome["res"]
+        assert res.failed and "is running now" in res["msg"] and "the disk is as it was" in res["msg"], dumps(res)
+        after = state(disk)
+        assert after["properties"].pop("vmbackup:state") == "running"
+        before["properties"].pop("vmbackup:state", None)
+        assert after == before and leftovers(disk) == []
+    finally:
+        zfs("set", "vmbackup:state=stopped", disk)
+
+
+@pytest.mark.parametrize("owner, refused", [("2b4c3d1e-6f7a-4b8c-9d0e-1f2a3b4c5d6e", "running"),
+                                            ("8e1d7c6b-5a49-4c38-b27a-16f5e4d3c2b1", None),
+                                            ("0badc0de-0000-4000-8000-000000000000", "cannot tell")])
+def test_the_state_check_asks_vmadm_for_the_target_vm(lab, vm, tmp_path, owner, refused):
+    """On SmartOS the check is `vmadm get <target_vm_uuid>` (replayed here from tests/fixtures/vmadm: a running
+    KVM, a stopped zone, and a VM vmadm does not know, which is refused rather than guessed)."""
+    from test_discovery import replay_command
+    vmadm, log = replay_command(tmp_path, "vmadm")
+    disk = vm.disk(lab.compute_pool, 0)
+    assert not backup(lab, vm, "daily-20261129_030000").failed
+    before = state(disk)
+    res = restore(lab, vm, "daily-20261129_030000", disk, vm_backend="vmadm", vmadm_command=vmadm,
+                  target_vm_uuid=owner)
+    with open(log) as handle:
+        assert handle.read().split() == ["get", owner]
+    if refused is None:
+        assert not res.failed, dumps(res)
+    else:
+        assert res.failed and refused in res["msg"], dumps(res)
+        assert state(disk) == before and leftovers(disk) == []

@@ -88,7 +88,8 @@ def serve_command(args: argparse.Namespace) -> int:
                  verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
                  webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
                  job_nice=args.job_nice, batch_runs=args.batch_runs, sync_import_limit=args.sync_import_limit,
-                 trusted_proxies=args.trusted_proxy, **engine_options(args))
+                 trusted_proxies=args.trusted_proxy, task_retention=args.task_retention_days * 86400,
+                 **engine_options(args))
     return 0
 
 
@@ -281,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--run-retention-days", type=float, default=server_defaults.DEFAULT_RUN_RETENTION / 86400,
                        help="days a finished job's run folder (artifacts, log) is kept; its task record stays "
                             "(default: %(default)s)")
+    serve.add_argument("--task-retention-days", type=float,
+                       default=server_defaults.DEFAULT_TASK_RETENTION / 86400,
+                       help="days an ended task's record and task log line are kept; the failure counts of the "
+                            "metrics keep what they counted (default: %(default)s)")
     serve.add_argument("--stream-limit", type=float, default=server_defaults.DEFAULT_STREAM_LIMIT,
                        help="seconds an ES-STREAM answer waits for its job before it returns the current status "
                             "(default: %(default)s)")

@@ -70,7 +70,7 @@ class BackupJob(Job):
             one = run.result if len(items) == 1 and run.result.get("name") == items[0]["bkpname"] else None
             results = {facts.batch_key(items[0]["vm_uuid"], items[0]["disk_id"], items[0]["bkpname"]): one} \
                 if one else {}
-        made, failed, notes = [], [], []
+        made, failed, notes, unmade = [], [], [], []
         for item in items:
             res = results.get(facts.batch_key(item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
             if res.get("ok"):
@@ -83,11 +83,15 @@ class BackupJob(Job):
                                                         ", pruned=%s" % ",".join(pruned) if pruned else ""))
             else:
                 store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
+                unmade.append([item["vm_uuid"], item["disk_id"], item["define"]])
                 failed.append("%s: %s" % (item["bkpname"], res.get("msg") or run.error or run.status))
+        # Which definitions' backups were not made goes on the task as data (`failed_items`): the metrics
+        # count it, never the wording of the detail.
+        facts_ = {"failed_items": unmade}
         if len(items) == 1:
-            return Outcome(bool(made), notes[0] if made else failed[0].split(": ", 1)[1])
+            return Outcome(bool(made), notes[0] if made else failed[0].split(": ", 1)[1], facts_)
         detail = "made=%d, failed=%d" % (len(made), len(failed))
-        return Outcome(bool(made), "; ".join([detail] + notes + failed))
+        return Outcome(bool(made), "; ".join([detail] + notes + failed), facts_)
 
 
 class RestoreJob(Job):

@@ -3,7 +3,8 @@ memory, so a restart, a second instance or `vmbackup user` writing the same data
 
 Per definition (VM disk and definition): the newest good backup's time, size and duration, its
 lateness in schedule intervals (as `vmbackup check` counts it), the last restore drill, and the backup
-jobs that failed. Per backup node: backups by status (LOST among them), jobs running and queued. And the
+jobs that failed (counted by the store as tasks end, from their `failed_items`, and kept when old tasks
+are purged). Per backup node: backups by status (LOST among them), jobs running and queued. And the
 scheduler's lag: how long the oldest due definition has waited to start.
 """
 
@@ -18,28 +19,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from vmbackup import check, facts
 from vmbackup.clock import now, parse
-from vmbackup.jobs import BackupJob, for_task
 from vmbackup.store import Store
 
 DEFINITION_LABELS = ["hostname", "vm_uuid", "disk_id", "definition", "node"]
 Visible = Callable[[str], bool]  # vm uuid -> may the reader see its series
-
-
-def failed_items(task: dict) -> list[tuple]:
-    """(vm uuid, disk_id, definition) of each backup that an ended backup job did not make."""
-    try:
-        job = for_task(task)
-    except KeyError:  # a kind this version does not know (a newer one wrote it): not a backup
-        return []
-    if not isinstance(job, BackupJob) or task.get("status") in (None, "PENDING"):
-        return []
-    items = job.items(task)
-    if task["status"] != "SUCCESS":
-        return [(i["vm_uuid"], i["disk_id"], i["define"]) for i in items]
-    # A batch that made some of its backups succeeds; its detail names each one made.
-    detail = str((task.get("result") or {}).get("detail") or "")
-    return [(i["vm_uuid"], i["disk_id"], i["define"]) for i in items
-            if len(items) > 1 and "name=%s, disk_id=%s" % (i["bkpname"], i["disk_id"]) not in detail]
 
 
 class BackupCollector(Collector):
@@ -56,9 +39,9 @@ class BackupCollector(Collector):
         with self.store.lock:  # one consistent view
             definitions = [d for d in self.store.definitions() if self._sees(d["vm_uuid"])]
             backups = [b for b in self.store.backups() if self._sees(b["vm_uuid"])]
-            tasks = self.store.tasks()
+            failed = self.store.failure_counts()
             nodes = [n for n in self.store.nodes() if "backup" in n.get("roles", [])]
-        yield from self._definitions(definitions, backups, tasks, when)
+        yield from self._definitions(definitions, backups, failed, when)
         if self.visible is None:
             yield from self._nodes(nodes, backups)
             yield from self._scheduler(definitions, when)
@@ -66,7 +49,8 @@ class BackupCollector(Collector):
     def _sees(self, vm_uuid: str) -> bool:
         return self.visible is None or self.visible(vm_uuid)
 
-    def _definitions(self, definitions: list[dict], backups: list[dict], tasks: list[dict], when) -> Iterator:
+    def _definitions(self, definitions: list[dict], backups: list[dict], failed: collections.Counter,
+                     when) -> Iterator:
         def gauge(name, doc):
             return GaugeMetricFamily(name, doc, labels=DEFINITION_LABELS)
 
@@ -82,7 +66,6 @@ class BackupCollector(Collector):
         by_definition = collections.defaultdict(list)
         for backup in backups:
             by_definition[(backup["vm_uuid"], backup["disk_id"], backup["define"])].append(backup)
-        failed = collections.Counter(key for task in tasks for key in failed_items(task))
         thresholds = check.Thresholds()
         for definition in definitions:
             key = (definition["vm_uuid"], definition["disk_id"], definition["name"])

@@ -1,6 +1,10 @@
-"""The job queue: which VM disks are claimed by which job, how many jobs run per backup node, the jobs
-waiting for a free slot, and what happens when a run ends (its job's records applied, its task ended
-and logged). It alone talks to the runner; after a restart it follows the runs an earlier process left.
+"""The job queue: how many jobs run per backup node, the jobs waiting for a free slot, and what happens
+when a run ends (its job's records applied, its task ended and logged). It alone talks to the runner;
+after a restart it follows the runs an earlier process left.
+
+Which VM disks a job claims is kept in the store with its task (`claims`), so that every process on a data
+dir (a second `serve`, the CLI) sees the claims of the others: a task is recorded only if none of its
+disks is claimed by a pending task, and its claims end with it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ class JobQueue:
         self.runner = runner
         self.events = events or Events()
         self.jobs_per_node = jobs_per_node  # None: no limit; else jobs beyond it wait
-        self._busy: dict[Disk, str] = {}     # VM disk -> task id of the job on it
         self._running: dict[str, set[str]] = collections.defaultdict(set)  # backup node -> task ids
         self._waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._lock = threading.RLock()
@@ -42,36 +45,27 @@ class JobQueue:
 
     # -- claims ---------------------------------------------------------------------------------
     def busy(self, disk: Disk) -> str | None:
-        with self._lock:
-            return self._busy.get(tuple(disk))
+        """The pending task (of any process) that claims a VM disk, or None."""
+        return self.store.claimed(*disk)
 
-    def claim(self, disks: list[Disk], task_id: str) -> None:
-        """Claim every disk for `task_id`, or none (409 if one has a job)."""
-        with self._lock:
-            if any(tuple(d) in self._busy for d in disks):
-                raise errors.Conflict(errors.VM_PENDING)
-            for disk in disks:
-                self._busy[tuple(disk)] = task_id
-
-    def release(self, task_id: str, disks: list[Disk] | None = None) -> None:
-        """Free the disks of `task_id` (all of them, or those given)."""
-        with self._lock:
-            for disk, owner in list(self._busy.items()):
-                if owner == task_id and (disks is None or disk in {tuple(d) for d in disks}):
-                    del self._busy[disk]
+    def ensure_free(self, disks: list[Disk]) -> None:
+        """409 if a pending job claims one of the disks (checked again when the task is recorded)."""
+        if any(self.busy(d) for d in disks):
+            raise errors.Conflict(errors.VM_PENDING)
 
     # -- running --------------------------------------------------------------------------------
     def submit(self, task: dict, records: Callable[[], None] | None = None) -> None:
         """Record the task and start its run, or queue it while its backup node has no free slot.
         `records` makes the record changes that go with the job: they and the task are one commit."""
         node = task.get("node")
+        task["claims"] = [list(disk) for disk in jobs.for_task(task).disks(task)]
         with self._lock:
             queued = self.jobs_per_node is not None and len(self._running[node]) >= self.jobs_per_node
             task["queued"] = queued
             with self.store.lock:
+                self.store.insert_task(task)  # first: a disk claimed meanwhile refuses it before any change
                 if records is not None:
                     records()
-                self.store.insert_task(task)
             if queued:
                 self._waiting[node].append(task["task_id"])
                 return
@@ -134,7 +128,6 @@ class JobQueue:
         """Apply a finished run to the records, end its task and log it."""
         task = self.store.get_task(task_id)
         if task is None or task["status"] != "PENDING":
-            self.release(task_id)
             return
         job = jobs.for_task(task)
         try:
@@ -145,11 +138,13 @@ class JobQueue:
         status = "SUCCESS" if outcome.ok else "FAILURE"
         result = {"returncode": 0 if outcome.ok else (run.rc if run.rc not in (None, 0) else 1),
                   "message": job.message(task, outcome.ok), "detail": outcome.detail}
-        self.store.update_task(task_id, {"status": status, "result": result, "finished": iso(now())})
+        ended = {"status": status, "result": result, "finished": iso(now())}
+        if "failed_items" in outcome.facts:
+            ended["failed_items"] = outcome.facts["failed_items"]
+        self.store.update_task(task_id, ended)
         self.store.log({"time": iso(now()), "task": task_id, "status": status, "username": task["username"],
                         "msg": result["message"], "detail": outcome.detail, "object_name": task.get("hostname"),
                         "task_type": task_id.split("-")[0]})
-        self.release(task_id)
         with self._lock:
             self._running[task.get("node")].discard(task_id)
         self._next(task.get("node"))
@@ -158,12 +153,10 @@ class JobQueue:
                          **outcome.facts)
 
     def recover(self) -> int:
-        """At start: claim the disks of pending jobs and follow their runs (or queue them again)."""
+        """At start: follow the runs of pending jobs (or queue them again); their claims are in the store."""
         pending = self.store.pending_tasks()
         for task in pending:
             with self._lock:
-                for disk in jobs.for_task(task).disks(task):
-                    self._busy[tuple(disk)] = task["task_id"]
                 if task.get("queued"):
                     self._waiting[task.get("node")].append(task["task_id"])
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
@@ -30,6 +31,7 @@ DEFAULT_INVENTORY = os.environ.get("VMBACKUP_INVENTORY", os.path.join(paths.INVE
 DEFAULT_BODY_LIMIT = 1 << 20          # bytes of a request body
 CHECKPOINT_EVERY = 2.0                 # seconds between folding the store's journal into its files
 DEFAULT_RUN_RETENTION = 30 * 86400    # seconds a finished run's folder (artifacts, log) is kept
+DEFAULT_TASK_RETENTION = 90 * 86400   # seconds an ended task's record and log line are kept (counts stay)
 DEFAULT_STREAM_LIMIT = 3600.0         # seconds an ES-STREAM answer waits for its job at most
 DEFAULT_VERIFY_EVERY = 7 * 86400.0    # seconds between restore drills of each definition's newest backup
 DEFAULT_STALE_EVERY = 300.0           # seconds between checks for definitions gone stale (webhooks)
@@ -48,11 +50,13 @@ class Application:
                  webhooks: list[str] | None = None,
                  webhook_secret: bytes | None = None, stale_every: float = DEFAULT_STALE_EVERY,
                  job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
-                 sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None):
+                 sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None,
+                 task_retention: float = DEFAULT_TASK_RETENTION):
         self.data_dir = os.path.abspath(data_dir)
         self.trusted_proxies = frozenset(trusted_proxies or ())
         self.body_limit = body_limit
         self.run_retention = run_retention
+        self.task_retention = task_retention
         self.stream_limit = stream_limit
         self.inventory = os.path.abspath(inventory)
         self.store = Store(self.data_dir)
@@ -148,6 +152,14 @@ class Application:
                      self.run_retention // 86400)
         return removed
 
+    def purge_tasks(self) -> int:
+        """Drop the task records (and log lines) of the days older than `task_retention`: a busy service writes
+        thousands a day, and every listing and the metrics would grow with them. Failure counts stay."""
+        dropped = self.store.purge_tasks(now() - datetime.timedelta(seconds=self.task_retention))
+        if dropped:
+            log.info("purged %d task record(s) older than %g days", dropped, self.task_retention / 86400)
+        return dropped
+
     def discover(self) -> dict:
         summary = self.discovery.run()
         for node, operational in summary["nodes"].items():
@@ -185,8 +197,9 @@ class Application:
         while not self._stop.is_set():
             try:
                 self.purge_runs()
+                self.purge_tasks()
             except Exception:  # housekeeping must not stop the service
-                log.exception("purging finished runs failed")
+                log.exception("purging finished runs or old tasks failed")
             self._stop.wait(every)
 
     def stop(self) -> None:
@@ -267,7 +280,8 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
           stream_limit: float = DEFAULT_STREAM_LIMIT, verify_every: float = DEFAULT_VERIFY_EVERY,
           metrics_listen: str | None = None, webhooks: list[str] | None = None, webhook_secret: bytes | None = None,
           stale_every: float = DEFAULT_STALE_EVERY, job_nice: int = DEFAULT_JOB_NICE, batch_runs: int | None = None,
-          sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None, **engine) -> None:
+          sync_import_limit: int = IMPORT_LIMIT, trusted_proxies: list[str] | None = None,
+          task_retention: float = DEFAULT_TASK_RETENTION, **engine) -> None:
     import waitress.server
 
     host, _, port = listen.rpartition(":")
@@ -278,7 +292,7 @@ def serve(listen: str, data_dir: str, inventory: str, discover_every: float | No
                       run_retention=run_retention, stream_limit=stream_limit, verify_every=verify_every,
                       webhooks=webhooks, webhook_secret=webhook_secret, stale_every=stale_every, job_nice=job_nice,
                       batch_runs=batch_runs, sync_import_limit=sync_import_limit, trusted_proxies=trusted_proxies,
-                      **engine)
+                      task_retention=task_retention, **engine)
     app.scheduler.interval = schedule_interval
     if metrics_listen:
         app.serve_metrics(metrics_listen)

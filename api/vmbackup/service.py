@@ -368,7 +368,6 @@ class Service:
         """Start a backup job (a batch of one); return its task id (checks in API.md's order)."""
         plan = self._plan_backup(user, vm_name, bkpdef, data)
         task_id = self.task_id(user, "a" if automatic else "e")
-        self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
         self._submit_backups(task_id, user, plan["node"], [plan], define=bkpdef)
         return task_id
 
@@ -456,17 +455,22 @@ class Service:
         for node, pairs in planned.items():
             for group in spread(pairs, self.batch_runs):
                 task_id = self.task_id(None, "a")
-                claimed = []
+                claimed, disks = [], set()
                 for definition, plan in group:
-                    try:  # two definitions of one disk due together: the first one runs
-                        self.queue.claim([(plan["vm_uuid"], plan["disk_id"])], task_id)
-                    except errors.ApiError as err:
-                        refused.append((definition, getattr(err, "detail", None) or str(err)))
+                    disk = (plan["vm_uuid"], plan["disk_id"])
+                    if disk in disks or self.busy(*disk):  # two definitions of one disk due together: the first runs
+                        refused.append((definition, errors.VM_PENDING))
                         continue
-                    claimed.append(plan)
-                if claimed:
-                    self._submit_backups(task_id, SCHEDULER, node, claimed)
-                    started.append(task_id)
+                    disks.add(disk)
+                    claimed.append((definition, plan))
+                if not claimed:
+                    continue
+                try:
+                    self._submit_backups(task_id, SCHEDULER, node, [plan for _d, plan in claimed])
+                except errors.Conflict:  # another process claimed one of the disks meanwhile
+                    refused.extend((definition, errors.VM_PENDING) for definition, _p in claimed)
+                    continue
+                started.append(task_id)
         return started, refused
 
     def set_note(self, user: dict, original: str, name: str, data: dict) -> dict:
@@ -510,7 +514,6 @@ class Service:
         if target.get("state") != "stopped":
             raise errors.Locked(errors.VM_NOT_STOPPED)
         task_id = self.task_id(user, "e")
-        self.queue.claim([(target["uuid"], disk["disk_id"])], task_id)
         extravars = {"node": backup["node"], "zpool": backup["zpool"], "bkpname": backup["name"],
                      "type": backup["type"], "vm_uuid": backup["vm_uuid"], "disk_id": backup["disk_id"],
                      "hostname": backup["hostname"], "file_path": backup.get("file_path"),
@@ -565,7 +568,6 @@ class Service:
     def _delete_job(self, user: dict, backups: list[dict]) -> str:
         first = backups[0]
         task_id = self.task_id(user, "e")
-        self.queue.claim([(first["vm_uuid"], first["disk_id"])], task_id)
         names = [b["name"] for b in backups]
 
         def records() -> None:
@@ -604,7 +606,6 @@ class Service:
         self.check_node(backup["node"])
         task_id = self.task_id(user, "a" if automatic else "e")
         # Never while that disk has another job: a drill reads the source snapshot a backup may be replacing.
-        self.queue.claim([(backup["vm_uuid"], backup["disk_id"])], task_id)
         extravars = self._backup_vars(backup)
         if backup.get("verify_digest"):
             extravars["expected_digest"] = backup["verify_digest"]

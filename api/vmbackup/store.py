@@ -22,6 +22,7 @@ data and no record written by another process is lost. Files are private: the da
 
 from __future__ import annotations
 
+import collections
 import datetime
 import fcntl
 import json
@@ -38,6 +39,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document
 
+from vmbackup import errors
 from vmbackup.journal import Journal, fsync_folder
 
 Doc = dict
@@ -283,7 +285,14 @@ class Store:
         self._uuid_backup_hosts: dict[str, set[str]] = {}  # vm uuid -> hostnames its backups were made under
         self._backup_hosts: dict[str, set[str]] = {}  # hostname a backup was made under -> vm uuids
         self._task_days: dict[str, str] = {}          # task id -> day of its partition
+        self._day_tasks: dict[str, set[str]] = {}     # day -> the task ids of its partition
         self._pending: set[str] = set()
+        # VM disk (uuid, disk_id) -> the pending task that claims it. Built from the task records (their
+        # `claims`), so every process on the data dir sees the same claims, and a restart finds them again.
+        self._claims: dict[tuple[str, int], str] = {}
+        # Ended backup task -> the (vm uuid, disk_id, definition) whose backup it did not make, for the
+        # metrics' failure counters (those of purged tasks are kept in main.json's `counts`).
+        self._task_failed: dict[str, list[tuple]] = {}
         self._days: dict[str, TinyDB] = {}
         self._newest: dict[str, tuple] = {}            # vm uuid -> (its data read, status, newest backups)
         self.main = self._open(os.path.join(data_dir, "main.json"))
@@ -520,12 +529,32 @@ class Store:
         self._uuid_backup_hosts[uuid] = hosts
 
     def _index_day(self, day: str) -> None:
-        for task in self._days[day].storage.peek().get("tasks", {}).values():
-            self._task_days[task["task_id"]] = day
-            if task.get("status") == "PENDING":
-                self._pending.add(task["task_id"])
-            else:
-                self._pending.discard(task["task_id"])
+        tasks = list(self._days[day].storage.peek().get("tasks", {}).values())
+        for task_id in self._day_tasks.pop(day, set()) - {task["task_id"] for task in tasks}:  # purged
+            self._task_days.pop(task_id, None)
+            self._task_failed.pop(task_id, None)
+            self._pending.discard(task_id)
+            self._release_claims(task_id)
+        for task in tasks:
+            self._index_task(task, day)
+
+    def _index_task(self, task: Doc, day: str) -> None:
+        task_id = task["task_id"]
+        self._task_days[task_id] = day
+        self._day_tasks.setdefault(day, set()).add(task_id)
+        if task.get("status") == "PENDING":
+            self._pending.add(task_id)
+            for vm_uuid, disk_id in task.get("claims") or []:
+                self._claims[(vm_uuid, int(disk_id))] = task_id
+        else:
+            self._pending.discard(task_id)
+            self._release_claims(task_id)
+            if task.get("failed_items"):
+                self._task_failed[task_id] = [tuple(item) for item in task["failed_items"]]
+
+    def _release_claims(self, task_id: str) -> None:
+        for disk in [d for d, owner in self._claims.items() if owner == task_id]:
+            del self._claims[disk]
 
     def _day(self, day: str) -> TinyDB:
         if day not in self._days:
@@ -765,12 +794,21 @@ class Store:
 
     # -- tasks ----------------------------------------------------------------------------------
     def insert_task(self, task: Doc) -> None:
+        """Record a task. A pending task claims the VM disks in its `claims` ([vm uuid, disk_id] pairs): if
+        a pending task of any process holds one of them, nothing is written and Conflict (409) is raised."""
         with self.lock:
+            if task.get("status") == "PENDING":
+                for vm_uuid, disk_id in task.get("claims") or []:
+                    if self._claims.get((vm_uuid, int(disk_id)), task["task_id"]) != task["task_id"]:
+                        raise errors.Conflict(errors.VM_PENDING)
             day = utc_day()
             self._day(day).table("tasks").insert(task)
-            self._task_days[task["task_id"]] = day
-            if task.get("status") == "PENDING":
-                self._pending.add(task["task_id"])
+            self._index_task(task, day)
+
+    def claimed(self, vm_uuid: str, disk_id: int) -> str | None:
+        """The pending task (of any process) that claims a VM disk, or None."""
+        with self.lock:
+            return self._claims.get((vm_uuid, int(disk_id)))
 
     def get_task(self, task_id: str) -> Doc | None:
         with self.lock:
@@ -786,15 +824,54 @@ class Store:
             self._day(day).table("tasks").update(fields, Query().task_id == task_id)
             if fields.get("status", "PENDING") != "PENDING":
                 self._pending.discard(task_id)
+                self._release_claims(task_id)
+            if fields.get("failed_items"):
+                self._task_failed[task_id] = [tuple(item) for item in fields["failed_items"]]
 
     def pending_tasks(self) -> list[Doc]:
         with self.lock:
             return [t for t in (self.get_task(i) for i in sorted(self._pending)) if t]
 
-    def tasks(self) -> list[Doc]:
-        """Every task record of every day (copies), for the metrics."""
+    def failure_counts(self) -> collections.Counter:
+        """(vm uuid, disk_id, definition) -> how many backup jobs did not make its backup, purged ones included;
+        kept up to date by the writes, so reading it costs the same however many tasks there are."""
         with self.lock:
-            return [task for db in self._days.values() for task in docs(db, "tasks")]
+            counts = collections.Counter(self._purged_failures())
+            for items in self._task_failed.values():
+                counts.update(items)
+            return counts
+
+    def _purged_failures(self) -> dict[tuple, int]:
+        doc = self.main.table("counts").get(doc_id=1) or {}
+        found = {}
+        for key, count in (doc.get("failures") or {}).items():
+            vm_uuid, disk_id, define = key.split("/", 2)
+            found[(vm_uuid, int(disk_id), define)] = int(count)
+        return found
+
+    def purge_tasks(self, before: datetime.datetime) -> int:
+        """Drop the tasks (and task log) of the UTC days before `before`, keeping their failure counts; a day
+        that still has a pending task stays whole. Returns how many tasks were dropped."""
+        cutoff = utc_day(before)
+        dropped = 0
+        with self.lock:
+            counts = collections.Counter(self._purged_failures())
+            for day in sorted(d for d in self._days if d < cutoff):
+                db = self._days[day]
+                tasks = docs(db, "tasks")
+                if any(task.get("status") == "PENDING" for task in tasks):
+                    continue
+                for task in tasks:
+                    counts.update(self._task_failed.pop(task["task_id"], []))
+                    self._task_days.pop(task["task_id"], None)
+                self._day_tasks.pop(day, None)
+                for table in ("tasks", "log"):
+                    db.table(table).truncate()
+                dropped += len(tasks)
+            if dropped:
+                failures = {"%s/%d/%s" % key: count for key, count in counts.items()}
+                self.main.table("counts").upsert(Document({"failures": failures}, doc_id=1))
+        return dropped
 
     def log(self, entry: Doc) -> None:
         """Append to the task log of finished (or refused) jobs."""

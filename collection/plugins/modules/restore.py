@@ -98,6 +98,29 @@ options:
       - While the stream runs, keep a JSON file here with C(bytes) received so far and the expected C(total)
         (or null), refreshed every second; for the API's task progress.
     type: path
+  vm_backend:
+    description:
+      - Who says whether the target VM runs, asked right before the swap (the transfer can take hours and the
+        VM may have been started meanwhile): C(vmadm) (SmartOS, C(vmadm get)), C(libvirt) (C(virsh domstate)) or
+        C(zfs) (the target disk's C(vmbackup:state) property; unset means stopped). The backend
+        M(vmbackup.zfs.vm_info) reported for the node. A VM that is not stopped then, or a hypervisor that does
+        not answer, fails the restore with the disk as it was.
+    type: str
+    choices: [vmadm, libvirt, zfs]
+    default: zfs
+  target_vm_uuid:
+    description:
+      - The uuid of the VM that owns I(target), whose state I(vm_backend) is asked for. Defaults to the uuid in
+        the target's name (C(<pool>/<uuid>-disk<N>)), else I(vm_uuid).
+    type: str
+  vmadm_command:
+    description: The C(vmadm) command on the target node.
+    type: str
+    default: vmadm
+  virsh_command:
+    description: The C(virsh) command on the target node.
+    type: str
+    default: virsh
 notes:
   - Check mode checks everything a restore needs (the target and its snapshots, the backup, the file's checksum)
     and says what would run; it changes nothing.
@@ -212,6 +235,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, listing, manifest, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_names
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.hypervisor import StateUnknown, vm_state
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -388,6 +412,7 @@ class Restore(Transfer):
             self.module.warn("volblocksize of %s is %s now (the backup's), it was %s" % (
                 self.disk, new.get("volblocksize"), old_blocksize))
 
+        self.check_vm_stopped()
         # The swap: a few quick commands. Unmounted, the old disk stays unmounted once renamed: the old and the
         # new disk never share a mountpoint.
         self._swapping = True
@@ -416,6 +441,22 @@ class Restore(Transfer):
                              "destroy it with zfs destroy -r when it is no longer busy" % (self.aside, err))
         self.result["msg"] = "restored %s (%s) into %s: %s bytes in %.1f s" % (
             self.p["backup"], self.result["source"], self.disk, self.result["size"], self.result["time"])
+
+    def check_vm_stopped(self) -> None:
+        """Ask the target's hypervisor, now, whether the VM that owns the disk is stopped."""
+        p = self.p
+        owner = p["target_vm_uuid"]
+        if not owner:
+            owner = layout.disk_of(self.disk)[0] if layout.is_disk_dataset(self.disk) else self.vm_uuid
+        try:
+            state = vm_state(self.target, p["vm_backend"], owner, self.disk, vmadm=p["vmadm_command"],
+                             virsh=[p["virsh_command"]])
+        except StateUnknown as err:
+            raise RestoreFailed("target: cannot tell whether the VM of %s is stopped (%s); the disk is as it was"
+                                % (self.disk, err)) from err
+        if state != "stopped":
+            raise RestoreFailed("target: the VM of %s is %s now (it was stopped when the restore was asked for); "
+                                "the disk is as it was: stop the VM and restore again" % (self.disk, state))
 
     @staticmethod
     def _property_order(prop: str) -> tuple[int, str]:
@@ -501,6 +542,10 @@ def main() -> None:
         "force": {"type": "bool", "default": True},
         "bwlimit": {"type": "int", "default": 0},
         "progress_file": {"type": "path"},
+        "vm_backend": {"type": "str", "choices": ["vmadm", "libvirt", "zfs"], "default": "zfs"},
+        "target_vm_uuid": {"type": "str"},
+        "vmadm_command": {"type": "str", "default": "vmadm"},
+        "virsh_command": {"type": "str", "default": "virsh"},
     }
     spec.update(node_argument_spec("target"))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
@@ -508,7 +553,10 @@ def main() -> None:
     check_names(module, datasets={"target": p["target"]}, snapshots={"backup": p["backup"]},
                 pools={"zpool": p["zpool"]})
     check_host(module, "target_host", p["target_host"])
-    check_names(module, uuids={"vm_uuid": p["vm_uuid"]})
+    check_names(module, uuids={"vm_uuid": p["vm_uuid"], "target_vm_uuid": p["target_vm_uuid"]})
+    for option in ("vmadm_command", "virsh_command"):
+        if p[option].startswith("-") or any(c.isspace() for c in p[option]):
+            fail(module, "%s: '%s' is not a command name" % (option, p[option]), option=option)
     if p["disk"] < 0:
         fail(module, "disk: must be 0 or more (the API's disk_id minus one)", option="disk")
     if p["bwlimit"] < 0:

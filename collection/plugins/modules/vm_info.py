@@ -168,14 +168,12 @@ from xml.etree import ElementTree
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+from ansible_collections.vmbackup.zfs.plugins.module_utils.hypervisor import NOT_INSTALLED, normal_state
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
 
 MIB = 1 << 20
 GIB = 1 << 30
 ZVOL_PREFIX = "/dev/zvol/"
-# SmartOS and libvirt words for a VM that is not running but can be started (or restored into).
-STOPPED = {"stopped", "installed", "shut off", "shutoff", "off", "down", "crashed"}
-NOT_INSTALLED = {"configured", "incomplete", "provisioning", "receiving"}
 VMADM_FIELDS = "uuid,alias,hostname,brand,state,zone_state,zonepath,zfs_filesystem,quota,disks"
 
 
@@ -193,13 +191,6 @@ def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr)
     return proc
-
-
-def normal_state(state: str | None) -> str:
-    state = (state or "").strip().lower()
-    if state == "running":
-        return "running"
-    return "stopped" if state in STOPPED or not state else state
 
 
 def new_vm(uuid: str, hostname: str | None, brand: str, state: str, qga_socket: str | None = None) -> dict:
