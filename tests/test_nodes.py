@@ -83,6 +83,48 @@ def test_full_incremental_and_restores_give_back_each_backups_data(nodes):
                 if vm.uuid in n and n != disk], "a restore left a copy beside the disk"
 
 
+def holds(node, snapshot: str) -> list[str]:
+    """The tags of the user holds on a snapshot: `zfs holds -H` where it lists them (OpenZFS); on zfs-fuse,
+    whose `zfs holds` cannot run (it wants pyzfs), only their count (`userrefs`) can be known: '?' each."""
+    if implementation(node) == "zfs-fuse":
+        return ["?"] * int(node.zfs("get", "-H", "-o", "value", "userrefs", snapshot).strip())
+    return sorted(line.split("\t")[1] for line in node.zfs("holds", "-H", snapshot).splitlines() if "\t" in line)
+
+
+def test_the_base_of_the_next_incremental_is_held_on_both_sides(nodes):
+    """On OpenZFS the snapshot each next incremental starts from is held (tag vmbackup) on the compute node and
+    on the backup node: anyone's `zfs destroy` of it fails, the hold moves with each backup, and vmbackup's own
+    destroys (the source's older snapshots, a restore's old disk) release it first, never with -f. zfs-fuse's
+    nodes are not given holds (its Features say none) and keep working as before."""
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, 2, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    first, second = "hourly-20261205_010000", "hourly-20261205_020000"
+    ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="hourly", bkpname=first)
+    src, dst = "%s@%s" % (disk, first), "%s@%s" % (target(nodes, vm), first)
+    if implementation(compute) == "zfs-fuse":
+        assert holds(compute, src) == [] and holds(backup, dst) == []
+        return
+    assert holds(compute, src) == ["vmbackup"] and holds(backup, dst) == ["vmbackup"]
+    for node, snap in ((compute, src), (backup, dst)):  # another tool's retention, an operator's clean-up
+        refused = node.run(["zfs", "destroy", snap], check=False)
+        assert refused.returncode != 0 and "being held" in refused.stderr, refused.stderr
+        assert node.exists(snap)
+
+    compute.write_data(disk, "second", 1)
+    made = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="hourly", bkpname=second)
+    assert made.result["incremental"] is True and made.result["base"] == first, made
+    assert not compute.exists(src)  # the older base, released and pruned from the source
+    assert holds(compute, "%s@%s" % (disk, second)) == ["vmbackup"]
+    assert holds(backup, dst) == [] and holds(backup, "%s@%s" % (target(nodes, vm), second)) == ["vmbackup"]
+
+    # A restore destroys the old disk with its snapshots: it releases the hold it owns.
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname=first, target_hostname=vm.hostname, target_disk_id=1,
+       force=True)
+    assert snapshots(compute, disk) == []
+    assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-r", compute.pools[0]).split() if "-restore-" in n]
+
+
 def test_file_backups_in_each_compression_restore_and_drill(nodes):
     compute, backup = nodes.node("compute"), nodes.node("backup")
     vm = new_vm(compute, DATA_MB, SIZE_MB)

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError
 
 SNAPSHOT_PROPERTIES = ("guid", "createtxg", "creation")
+# The user hold vmbackup puts on the base of the next incremental, on both sides, where the ZFS has holds:
+# a `zfs destroy` of it by anyone else fails ("dataset is busy") until vmbackup releases it.
+HOLD_TAG = "vmbackup"
 
 
 def retry_busy(action, attempts: int = 20, delay: float = 0.5):
@@ -174,6 +177,11 @@ class Dataset:
         retry_busy(lambda: self.node.zfs("mount", self.name))
 
     def destroy(self, recursive: bool = False) -> None:
+        """Destroy it (with what is below it: `recursive`), releasing vmbackup's own holds first; a hold of
+        anyone else still refuses the destroy (never `-f`, never `-d`)."""
+        if self.node.features.holds and ("@" in self.name or recursive):
+            release_holds(self.node, [self.name] if "@" in self.name else
+                          [s.full for s in self.snapshots_below()])
         args = ["destroy"] + (["-r"] if recursive else []) + [self.name]
         retry_busy(lambda: self.node.zfs(*args))
 
@@ -192,3 +200,33 @@ class Dataset:
         if mounted and renamed.get("mounted") != "yes":
             renamed.mount()
         return renamed
+
+
+# -- holds ------------------------------------------------------------------------------------------
+def held(node: Node, snapshots: list[str]) -> set[str]:
+    """Which of `snapshots` carry vmbackup's hold (one `zfs holds`)."""
+    if not snapshots:
+        return set()
+    out = node.zfs("holds", "-H", *snapshots)
+    found = set()
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] == HOLD_TAG:
+            found.add(fields[0])
+    return found
+
+
+def release_holds(node: Node, snapshots: list[str]) -> list[str]:
+    """Release vmbackup's hold where one of `snapshots` has it; return those released."""
+    mine = sorted(held(node, snapshots))
+    if mine:
+        node.zfs("release", HOLD_TAG, *mine)
+    return mine
+
+
+def move_hold(node: Node, keep: str, others: list[str]) -> list[str]:
+    """Hold `keep` (the base of the next incremental), then release the hold of the `others` that have it
+    (the bases before it); return those released. Holding first: the chain is never without a held base."""
+    if keep not in held(node, [keep]):
+        node.zfs("hold", HOLD_TAG, keep)
+    return release_holds(node, [s for s in others if s != keep])

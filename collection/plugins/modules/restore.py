@@ -101,8 +101,8 @@ options:
   vm_backend:
     description:
       - Who says whether the target VM runs, asked right before the swap (the transfer can take hours and the
-        VM may have been started meanwhile): C(vmadm) (SmartOS, C(vmadm get)), C(libvirt) (C(virsh domstate)) or
-        C(zfs) (the target disk's C(vmbackup:state) property; unset means stopped). The backend
+        VM may have been started meanwhile). C(vmadm) is SmartOS (C(vmadm get)), C(libvirt) is C(virsh domstate)
+        and C(zfs) is the target disk's C(vmbackup:state) property (unset means stopped). The backend
         M(vmbackup.zfs.vm_info) reported for the node. A VM that is not stopped then, or a hypervisor that does
         not answer, fails the restore with the disk as it was.
     type: str

@@ -210,6 +210,15 @@ kept_aside:
   returned: always
   type: str
   sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-aside-20261128T040003
+held:
+  description:
+    - The snapshots given vmbackup's user hold (tag C(vmbackup)) as the base of the next incremental, on the
+      source and on this node, where their ZFS has holds (OpenZFS, illumos); the hold of the bases before them
+      is released. A C(zfs destroy) of a held snapshot fails, so no other tool's retention breaks the chain.
+  returned: always
+  type: list
+  elements: str
+  sample: [zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0@daily-20261128_040000]
 pruned_source:
   description: Source snapshots destroyed by I(prune_source).
   returned: always
@@ -244,7 +253,7 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
     check_names,
     check_path,
 )
-from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot
+from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot, move_hold
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -279,7 +288,7 @@ class Backup(Transfer):
         self.target_id = p["target_id"] or "%s:%s:%s" % (socket.gethostname(), p["zpool"], self.kind)
         self.created = utc_now()
         self.result.update(backup=self.name, type=self.kind, source=self.snapshot, target=None, incremental=False,
-                           base=None, file_path=None, checksum=None, kept_aside=None, pruned_source=[],
+                           base=None, file_path=None, checksum=None, kept_aside=None, held=[], pruned_source=[],
                            diff={"before": {"backups": []}, "after": {"backups": []}})
         # What this run made, so that a failure can undo exactly that.
         self._made_dataset: str | None = None
@@ -372,6 +381,23 @@ class Backup(Transfer):
         except ZfsError as err:
             self.module.warn("backup made, but the source snapshots were not tidied: %s" % err)
 
+    def hold_base(self, snap, snaps, target: str, received: str) -> None:
+        """The snapshot just sent is the base of the next incremental on both sides: hold it (tag vmbackup)
+        and release the bases before it (on the source, those sent to this same target), where the ZFS has
+        holds. The backup is already committed: a failure here is a warning."""
+        try:
+            if self.source.features.holds:
+                older = [s.full for s in snaps if s.createtxg < snap.createtxg
+                         and s.properties.get(layout.PROP_TARGET) == self.target_id]
+                move_hold(self.source, snap.full, older)
+                self.result["held"].append(snap.full)
+            if self.local.features.holds:
+                others = [s.full for s in Dataset(self.local, target).snapshots()]
+                move_hold(self.local, received, others)
+                self.result["held"].append(received)
+        except ZfsError as err:
+            self.module.warn("backup made, but its base snapshot is not held: %s" % err)
+
     def left_by_failed_run(self, old) -> bool:
         """An older snapshot of this definition that went nowhere: a run failed before it could drop it
         (the compute node was unreachable, or its ZFS down, when that run cleaned up)."""
@@ -440,6 +466,7 @@ class Backup(Transfer):
             "base": base, "size": size, "time": self.result["time"], "send_flags": ["-i"] if base else [],
             "kept_aside": aside}))
         self.result["manifest"] = path
+        self.hold_base(snap, snaps, target, received)
         self.mark_and_prune_source(snap, snaps)
         self._made_dataset = self._made_snapshot = self._aside = None  # committed
 
