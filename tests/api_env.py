@@ -103,6 +103,18 @@ class ApiEnv:
         out = subprocess.run(argv, input=password + "\n", capture_output=True, text=True, check=True).stdout
         return out.strip().rsplit(" ", 1)[-1]
 
+    def wait_for_bytes(self, client: Client, task_id: str, at_bytes: int = 1, timeout: float = 60) -> int:
+        """Wait until the task's transfer has moved `at_bytes` (its progress, as GET task/<id> shows it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = client.get("task/%s" % task_id).result or {}
+            moved = ((info.get("progress") or {}).get("bytes")) or 0
+            if moved >= at_bytes:
+                return moved
+            assert info.get("status") == "PENDING", "task %s ended first: %s" % (task_id, info)
+            time.sleep(0.2)
+        raise AssertionError("task %s moved fewer than %d bytes in %ds" % (task_id, at_bytes, timeout))
+
     def wait(self, client: Client, task_id: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

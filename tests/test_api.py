@@ -285,7 +285,7 @@ def test_cancel_a_running_backup(env):
     client, vm = env.client(), env.vms["small"]
     define(client, vm, "cancel", bwlimit=500000)
     started = client.post("vm/%s/backup/cancel" % vm.hostname)
-    time.sleep(4)
+    env.wait_for_bytes(client, started.task_id, 2**20)  # the transfer runs
     assert client.put("task/%s/cancel" % started.task_id).status == 200
     status = env.wait(client, started.task_id)
     assert status["code"] == 400 and status["status"] == "FAILURE"
@@ -381,7 +381,7 @@ def test_a_restart_during_a_job_finds_the_job_again(env):
     env.lab.write_data(vm.disk(env.lab.compute_pool, 0), "for-restart.bin", 6)  # about 6 s at 1 MB/s
     started = client.post("vm/%s/backup/restart" % vm.hostname)
     assert started.status == 201
-    time.sleep(2)
+    env.wait_for_bytes(client, started.task_id, 2**20)  # the transfer runs
     assert client.get("task/%s/done" % started.task_id).body["done"] is False
     env.stop(signal.SIGTERM)
     env.start()
