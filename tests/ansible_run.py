@@ -27,14 +27,15 @@ class ModuleResult(dict):
         return bool(self.get("failed"))
 
 
-def run_module(module: str, args: dict, check: bool = False, timeout: int = 600) -> ModuleResult:
-    """Run one module on localhost in a one-task play; return its result."""
+def run_module(module: str, args: dict, check: bool = False, timeout: int = 600, inventory: str | None = None,
+               host: str = "localhost") -> ModuleResult:
+    """Run one module in a one-task play (on localhost, or on `host` of `inventory`); return its result."""
     task = {"name": "module under test", module: args, "register": "result"}
     if check:
         task["check_mode"] = True
-    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]
+    play = [{"hosts": host, "gather_facts": False, "tasks": [task]}]
     with tempfile.TemporaryDirectory(prefix="vmbackup-runner-") as data_dir:
-        runner = ansible_runner.run(private_data_dir=data_dir, playbook=play, inventory=LOCAL_INVENTORY,
+        runner = ansible_runner.run(private_data_dir=data_dir, playbook=play, inventory=inventory or LOCAL_INVENTORY,
                                     envvars=ENV, quiet=True, timeout=timeout)
         for event in runner.events:
             if event.get("event") in ("runner_on_ok", "runner_on_failed"):

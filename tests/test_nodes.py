@@ -125,6 +125,23 @@ def test_the_base_of_the_next_incremental_is_held_on_both_sides(nodes):
     assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-r", compute.pools[0]).split() if "-restore-" in n]
 
 
+def test_each_node_says_which_zfs_features_it_has(nodes):
+    """vm_info and backup_info report what the node's own `zfs` says it takes (its usage), never guessed from
+    its name: every feature vmbackup uses on OpenZFS 2.3, none on zfs-fuse 0.7. What each run exercised."""
+    from ansible_run import dumps, run_module
+
+    from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Features
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    expected = list(Features.FLAGS) if implementation(compute) == "openzfs" else []
+    listed = run_module("vmbackup.zfs.vm_info", {}, inventory=nodes.inventory, host=compute.name)
+    held = run_module("vmbackup.zfs.backup_info", {"zpool": backup.pools[0]}, inventory=nodes.inventory,
+                      host=backup.name)
+    for res in (listed, held):
+        assert not res.failed and res["zfs"]["features"] == expected, dumps(res)
+        assert res["zfs"]["implementation"] == implementation(compute)
+    print("%s: %s" % (listed["zfs"]["version"], ", ".join(expected) or "no optional features"))
+
+
 def test_file_backups_in_each_compression_restore_and_drill(nodes):
     compute, backup = nodes.node("compute"), nodes.node("backup")
     vm = new_vm(compute, DATA_MB, SIZE_MB)

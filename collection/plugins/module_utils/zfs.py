@@ -11,6 +11,7 @@ becomes shell syntax. Datasets and snapshots of a node are in dataset.py.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,18 +28,73 @@ class ZfsError(Exception):
 
 @dataclass
 class Features:
-    """What the ZFS on a node supports; zfs-fuse (pool version 23) lacks most modern flags."""
+    """What the ZFS on a node can do, each flag read from what its own `zfs` says it takes (its usage, one
+    command), never from the implementation's name: a newer zfs-fuse or an older OpenZFS gets what it has."""
 
-    implementation: str  # "zfs-fuse", "openzfs" or "illumos"
+    implementation: str  # "openzfs", "illumos" or "zfs-fuse": recorded in manifests, never used to decide
     version: str = ""
     list_parsable: bool = False   # zfs list -p
     set_many: bool = False        # zfs set a=1 b=2 in one call
     send_compressed: bool = False  # zfs send -c
+    send_large_blocks: bool = False  # zfs send -L
+    send_raw: bool = False        # zfs send -w
     send_estimate: bool = False   # zfs send -nP
-    resume: bool = False          # zfs receive -s
-    holds: bool = False
-    bookmarks: bool = False
+    resume: bool = False          # zfs receive -s, zfs send -t, zfs receive -A
+    holds: bool = False           # zfs hold/release, and zfs holds -H to list them
+    bookmarks: bool = False       # zfs bookmark
     receive_properties: bool = False  # zfs receive -o property=value, -x property
+
+    FLAGS = ("list_parsable", "set_many", "send_compressed", "send_large_blocks", "send_raw", "send_estimate",
+             "resume", "holds", "bookmarks", "receive_properties")
+
+    @classmethod
+    def from_usage(cls, text: str, implementation: str, version: str = "") -> "Features":
+        """The features a `zfs` usage text shows (what `zfs` prints when given no command)."""
+        flags = usage_flags(text)
+        send, receive = flags.get("send", set()), flags.get("receive", set())
+        return cls(implementation, version,
+                   list_parsable="p" in flags.get("list", set()),
+                   set_many=re.search(r"^\s+set (\[-\w+\] )?<property=value> \.\.\.", text, re.M) is not None,
+                   send_compressed="c" in send, send_large_blocks="L" in send, send_raw="w" in send,
+                   send_estimate={"n", "P"} <= send,
+                   resume="t" in send and {"s", "A"} <= receive,
+                   holds={"hold", "release"} <= set(flags) and "H" in flags.get("holds", set()),
+                   bookmarks="bookmark" in flags,
+                   receive_properties={"o", "x"} <= receive)
+
+    def names(self) -> list[str]:
+        """The flags this ZFS has, for results and test reports."""
+        return [name for name in self.FLAGS if getattr(self, name)]
+
+    def report(self) -> dict:
+        """What the info modules return as C(zfs): the implementation, its version and its features."""
+        return {"implementation": self.implementation, "version": self.version, "features": self.names()}
+
+
+# A usage line: a tab or spaces, then a subcommand (or, indented further, the continuation of the last one).
+USAGE_FLAG_RE = re.compile(r"(?:^|[\s\[|])-([A-Za-z]+)")
+
+
+def usage_flags(text: str) -> dict[str, set[str]]:
+    """Each subcommand of a `zfs` usage text with the one-letter options its lines show (`[-Hp]`, `-t`)."""
+    flags: dict[str, set[str]] = {}
+    command = None
+    for line in text.splitlines():
+        if not line[:1].isspace() or not line.strip():
+            command = None if not line.strip() else command
+            continue
+        first = line.split()[0]
+        if re.fullmatch(r"[a-z]+", first):
+            command = first
+            rest = line.strip()[len(first):]
+        elif command is not None:
+            rest = line
+        else:
+            continue
+        found = flags.setdefault(command, set())
+        for group in USAGE_FLAG_RE.findall(rest):
+            found.update(group)
+    return flags
 
 
 @dataclass
@@ -102,30 +158,16 @@ class Node:
         return self._features
 
     def _detect(self) -> Features:
-        version = self.run(["zfs", "version"], check=False)
-        if version.returncode == 0 and "zfs-" in version.stdout:
-            line = version.stdout.splitlines()[0].strip()
-            return Features("openzfs", line, list_parsable=True, set_many=True, send_compressed=True,
-                            send_estimate=True, resume=True, holds=True, bookmarks=True,
-                            receive_properties=self._receive_takes_properties())
-        uname = self.run(["uname", "-s"], check=False).stdout.strip()
-        if uname == "SunOS":
-            return Features("illumos", uname, list_parsable=True, set_many=True, send_compressed=True,
-                            send_estimate=True, resume=True, holds=True, bookmarks=True,
-                            receive_properties=self._receive_takes_properties())
-        pool_version = self.run(["zpool", "upgrade", "-v"], check=False).stdout
-        ver = ""
-        for word in pool_version.split():
-            if word.isdigit():
-                ver = "pool version %s" % word
-                break
-        return Features("zfs-fuse", ver)
-
-    def _receive_takes_properties(self) -> bool:
-        """Whether `zfs receive` takes -o and -x, as its usage (printed when it is given nothing) says."""
-        usage = self.run(["zfs", "receive"], check=False)
+        """Ask the node's `zfs` what it takes (its usage), and what it is, for the records."""
+        usage = self.run(["zfs"], check=False)
         text = usage.stdout + usage.stderr
-        return "-o <property>" in text and "-x <property>" in text
+        if "usage" not in text:
+            raise ZfsError(["zfs"], usage.returncode, text or "zfs did not print its usage")
+        if re.search(r"^\s+version\b", text, re.M):
+            version = self.run(["zfs", "version"], check=False).stdout.strip()
+            return Features.from_usage(text, "openzfs", version.splitlines()[0] if version else "")
+        system = self.run(["uname", "-s"], check=False).stdout.strip()
+        return Features.from_usage(text, "illumos" if system == "SunOS" else "zfs-fuse", system)
 
     # -- zfs commands --------------------------------------------------------------------------
     def zfs(self, *args: str) -> str:

@@ -146,6 +146,14 @@ backups:
       description: The file's compression (file backups).
       type: str
       sample: zstd
+zfs:
+  description:
+    - What this node's ZFS is and which of the features vmbackup uses it has, each read from what its C(zfs)
+      says it takes (C(list_parsable), C(set_many), C(send_compressed), C(send_large_blocks), C(send_raw),
+      C(send_estimate), C(resume), C(holds), C(bookmarks), C(receive_properties)).
+  returned: success
+  type: dict
+  sample: {"implementation": "openzfs", "version": "zfs-2.3.2-2~bpo12+2", "features": ["holds", "bookmarks"]}
 count:
   description: The number of backups listed.
   returned: always
@@ -198,7 +206,7 @@ def main() -> None:
     except (ZfsError, OSError) as err:
         fail(module, str(err), err)
     backups = [item for item in items if wanted(item, p)]
-    module.exit_json(changed=False, backups=backups, count=len(backups))
+    module.exit_json(changed=False, backups=backups, count=len(backups), zfs=node.features.report())
 
 
 if __name__ == "__main__":

@@ -86,6 +86,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+zfs:
+  description:
+    - What this node's ZFS is and which of the features vmbackup uses it has, each read from what its C(zfs)
+      says it takes (C(list_parsable), C(set_many), C(send_compressed), C(send_large_blocks), C(send_raw),
+      C(send_estimate), C(resume), C(holds), C(bookmarks), C(receive_properties)).
+  returned: success
+  type: dict
+  sample: {"implementation": "openzfs", "version": "zfs-2.3.2-2~bpo12+2", "features": ["holds", "bookmarks"]}
 backend:
   description: The backend that answered.
   returned: always
@@ -170,6 +178,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 from ansible_collections.vmbackup.zfs.plugins.module_utils.hypervisor import NOT_INSTALLED, normal_state
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import fail
+from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import Node, ZfsError
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -384,7 +393,11 @@ def main() -> None:
         key = "uuid" if layout.UUID_RE.fullmatch(wanted) else "hostname"
         vms = [vm for vm in vms if vm[key].lower() == wanted]
     vms.sort(key=lambda vm: (vm["hostname"], vm["uuid"]))
-    module.exit_json(changed=False, backend=backend, vms=vms)
+    try:
+        zfs = Node().features.report()
+    except (ZfsError, OSError) as err:
+        zfs = {"implementation": None, "version": None, "features": [], "error": str(err)}
+    module.exit_json(changed=False, backend=backend, vms=vms, zfs=zfs)
 
 
 if __name__ == "__main__":
