@@ -47,6 +47,12 @@ def implementation(node) -> str:
     return "openzfs" if out.returncode == 0 and out.stdout.startswith("zfs-2") else "zfs-fuse"
 
 
+def manifest(node, vm, name: str, n: int = 0) -> dict:
+    """A dataset backup's manifest, read on the backup node."""
+    root = node.zfs("get", "-H", "-o", "value", "mountpoint", "%s/backups/manifests" % node.pools[0]).strip()
+    return json.loads(node.run(["cat", "%s/ds/%s-disk%d/%s.json" % (root, vm.uuid, n, name)]).stdout)
+
+
 def disk_type(node, name: str) -> str:
     return node.zfs("get", "-H", "-o", "value", "type", name).strip()
 
@@ -70,6 +76,10 @@ def test_full_incremental_and_restores_give_back_each_backups_data(nodes):
     assert second.result["incremental"] is True and second.result["base"] == "daily-20261205_010000", second
     assert second.result["size"] < first.result["size"]
     assert snapshots(backup, target(nodes, vm)) == ["daily-20261205_010000", "daily-20261205_020000"]
+    # Blocks go as they are on disk (-c) and whole (-L) where both ends take it; the manifest says how.
+    wire = ["-c", "-L"] if implementation(compute) == "openzfs" else []
+    assert manifest(backup, vm, "daily-20261205_010000")["send_flags"] == wire
+    assert manifest(backup, vm, "daily-20261205_020000")["send_flags"] == wire + ["-i"]
 
     compute.write_data(disk, "after-the-backups", 1)
     ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="daily-20261205_020000",

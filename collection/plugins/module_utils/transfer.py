@@ -27,6 +27,17 @@ class Transfer:
         self.result: dict = {"changed": False, "cmd": ""}
         self.cleanup: list[str] = []
 
+    def stream_flags(self, sender: Node, receiver: Node) -> list[str]:
+        """`zfs send` flags both ends take: -c sends blocks as they are compressed on disk (no decompressing
+        to send, fewer bytes on the wire), -L keeps blocks larger than 128 KiB whole. A node that lacks one
+        (zfs-fuse) gets the plain stream it always had."""
+        flags = []
+        if sender.features.send_compressed and receiver.features.send_compressed:
+            flags.append("-c")
+        if sender.features.send_large_blocks and receiver.features.send_large_blocks:
+            flags.append("-L")
+        return flags
+
     def transfer(self, pipeline, total: int | None = None, capture: bool = False):
         """Run the stream, reporting progress; a failed stage raises `failed`."""
         self.result["cmd"] = str(pipeline)

@@ -339,7 +339,8 @@ class Restore(Transfer):
         if self.local.get_one(dataset, "type") != self._old_type:
             raise RestoreFailed("backup: %s is a %s, the target %s a %s" % (
                 snapshot, self.local.get_one(dataset, "type"), self.disk, self._old_type))
-        return ["zfs", "send", snapshot], int(self.local.get_one(snapshot, "referenced"))
+        return ["zfs", "send"] + self.stream_flags(self.local, self.target) + [snapshot], \
+            int(self.local.get_one(snapshot, "referenced"))
 
     def file_source(self) -> tuple[list[str], int | None]:
         """The decompression of the backup file, once its checksum matches its manifest."""

@@ -321,17 +321,18 @@ class Backup(Transfer):
         self._kind = kind
         return kind
 
+    def send_flags(self, base: str | None) -> list[str]:
+        """The flags of this backup's `zfs send` (recorded in its manifest, so a restore knows the stream)."""
+        return self.stream_flags(self.source, self.local) + (["-i", "@" + base] if base else [])
+
     def send_argv(self, base: str | None) -> list[str]:
-        args = ["zfs", "send"]
-        if base:
-            args += ["-i", "@" + base]
-        return self.source.argv(args + [self.snapshot])
+        return self.source.argv(["zfs", "send"] + self.send_flags(base) + [self.snapshot])
 
     def estimate(self, snap, base: str | None) -> int | None:
         """The stream's expected size: `zfs send -nP` where it exists, else a full stream's `referenced`."""
         try:
             if self.source.features.send_estimate:
-                args = ["zfs", "send", "-nP"] + (["-i", "@" + base] if base else []) + [self.snapshot]
+                args = ["zfs", "send", "-nP"] + self.send_flags(base) + [self.snapshot]
                 for line in self.source.run(args).stdout.splitlines():
                     if line.startswith("size"):
                         return int(line.split()[-1])
@@ -463,8 +464,8 @@ class Backup(Transfer):
         path = layout.dataset_manifest_path(manifest_mount, self.vm_uuid, self.disk, self.name)
         manifest.write_json_atomic(path, self.record(snap, {
             "target": {"dataset": target, "snapshot": received}, "incremental": base is not None,
-            "base": base, "size": size, "time": self.result["time"], "send_flags": ["-i"] if base else [],
-            "kept_aside": aside}))
+            "base": base, "size": size, "time": self.result["time"],
+            "send_flags": [f for f in self.send_flags(base) if f.startswith("-")], "kept_aside": aside}))
         self.result["manifest"] = path
         self.hold_base(snap, snaps, target, received)
         self.mark_and_prune_source(snap, snaps)
@@ -525,7 +526,7 @@ class Backup(Transfer):
             manifest.write_json_atomic(layout.file_manifest_path(path), self.record(snap, {
                 "target": {"file": path}, "incremental": False, "base": None, "size": size,
                 "time": self.result["time"], "compression": compression, "checksum": checksum,
-                "checksum_algorithm": "sha256", "send_flags": [],
+                "checksum_algorithm": "sha256", "send_flags": self.send_flags(None),
                 "stream_size": stream.metered_bytes(pipeline.stage("meter"))}))
         except OSError:
             os.unlink(path)
