@@ -18,7 +18,7 @@ import time
 import pytest
 from api_env import ADMIN, ApiEnv
 from node_env import Run as Background
-from node_env import backup_state, cut_midway, new_vm, playbook, said, snapshots
+from node_env import backup_state, cut_midway, new_vm, playbook, said, snapshots, wait_for_bytes
 from playbook_env import Run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, QEMU taps and zfs-fuse need root")
@@ -318,25 +318,71 @@ def test_the_api_backs_up_restores_and_marks_a_destroyed_backup_lost(nodes):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def test_a_cut_transfer_resumes_where_it_stopped(nodes, progress):
+    """OpenZFS receives with -s: a stream cut at about half leaves a resume token, and the same run resumes it
+    once the link is back (`zfs send -t`), sending about the other half, not the whole disk again; the
+    manifest records the resumed part; the disk restores whole. (zfs-fuse has no resume: the next test.)"""
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    if implementation(compute) != "openzfs":
+        pytest.skip("zfs-fuse has no zfs receive -s (its features: test_each_node_says_which_zfs_features_it_has)")
+    mib = 48
+    vm = new_vm(compute, mib, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    at_backup = compute.checksums(disk)
+    job = Background(nodes, "backup.yml", progress, hostname=vm.hostname, bkpdef="resume", bwlimit=2_000_000)
+    wait_for_bytes(job, progress, mib // 2 * 2**20, reader=backup)
+    compute.link(False)
+    try:
+        time.sleep(20)  # longer than ssh's ServerAlive (3 x 5 s): the stream is cut
+    finally:
+        compute.link(True)
+    rc, out = job.wait(600)
+    assert rc == 0, out[-4000:]
+    name = snapshots(backup, target(nodes, vm))[-1]
+    record = manifest(backup, vm, name)
+    assert len(record["resumed"]) == 1, record
+    resumed, whole = record["resumed"][0]["bytes"], record["size"]
+    assert whole > mib * 2**20 * 0.9 and 0.2 * whole < resumed < 0.75 * whole, record
+    print("cut at half of %d MiB: %d of %d bytes sent again on resume" % (mib, resumed, whole))
+    compute.write_data(disk, "after", 1)
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname=name, target_hostname=vm.hostname, target_disk_id=1)
+    assert compute.checksums(disk) == at_backup
+
+
 def test_link_cut_during_a_full_send(nodes, progress):
-    """The compute node's link cut mid-send (a zvol between two guests on OpenZFS): nothing received, no
-    manifest, and the next backup is a full one that takes the failed run's snapshot away. Last in this file:
+    """The compute node's link cut mid-send for the whole run (a zvol between two guests on OpenZFS). On
+    zfs-fuse nothing is received, no manifest, and the next backup is a full one that takes the failed run's
+    snapshot away. On OpenZFS the cut receive stays resumable (a dataset with a resume token and no snapshot,
+    no manifest) with its source snapshot, and the next backup resumes it and goes on incrementally from it,
+    leaving one snapshot on each side. Last in this file:
     no other test uses the guests while the link is down (the OpenZFS guests are shared by the test workers,
     and every test on them is in this file but the hostile-node ones, which never lose a link)."""
     compute, backup = nodes.node("compute"), nodes.node("backup")
-    vm = new_vm(compute, 10, 128)
+    # More data than the TCP and pipe buffers between the nodes hold (about 10 MiB): the cut stops the stream.
+    vm = new_vm(compute, 40, 128)
     disk = vm.disk(compute.pools[0], 0)
     before = backup_state(backup, vm)
     run = Background(nodes, "backup.yml", progress, hostname=vm.hostname, bkpdef="full", bwlimit=2_000_000)
     out = cut_midway(compute, run, progress, reader=backup)
     assert "transfer failed" in out, out[-4000:]
-    assert backup_state(backup, vm) == before  # nothing received, no manifest
-    # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
     left = snapshots(compute, disk)
-    assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
+    resumable = implementation(compute) == "openzfs"
+    if resumable:
+        state = backup_state(backup, vm)
+        assert state["files"] == before["files"] and state["datasets"] == [target(nodes, vm)], state
+        assert snapshots(backup, target(nodes, vm)) == [] and len(left) == 1, left
+        assert backup.zfs("get", "-H", "-o", "value", "receive_resume_token", target(nodes, vm)).strip() != "-"
+        assert "kept the resume token" in out, out[-4000:]
+    else:
+        assert backup_state(backup, vm) == before  # nothing received, no manifest
+        # The compute node was unreachable while the run cleaned up: its snapshot stays, and the run says so.
+        assert left == [] or "FAILED to destroy new source snapshot" in out, out[-4000:]
 
     out = playbook(nodes, "backup.yml", hostname=vm.hostname, bkpdef="full")
-    assert "as a full backup" in said(out), out[-3000:]
     newest = snapshots(compute, disk)
+    if resumable:
+        assert [t["snapshot"] for t in manifest(backup, vm, newest[-1])["resumed"]] == left, out[-3000:]
+    else:
+        assert "as a full backup" in said(out), out[-3000:]
     assert len(newest) == 1 and newest[0] not in left  # the failed run's snapshot went with the next backup
     assert snapshots(backup, target(nodes, vm)) == newest

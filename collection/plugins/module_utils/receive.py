@@ -51,9 +51,11 @@ def overrides(kind: str, scratch: bool = False) -> dict[str, str]:
     return dict(FILESYSTEM)
 
 
-def receive_argv(node: Node, target: str, kind: str, force: bool = False, scratch: bool = False) -> list[str]:
-    """`zfs receive` into `target` of a stream that must hold a `kind`, with what its stream says overridden."""
-    argv = ["zfs", "receive", "-u"] + (["-F"] if force else [])
+def receive_argv(node: Node, target: str, kind: str, force: bool = False, scratch: bool = False,
+                 resumable: bool = False) -> list[str]:
+    """`zfs receive` into `target` of a stream that must hold a `kind`, with what its stream says overridden;
+    `resumable` (-s): a cut stream leaves a resume token on `target` instead of nothing."""
+    argv = ["zfs", "receive", "-u"] + (["-F"] if force else []) + (["-s"] if resumable else [])
     if node.features.receive_properties:
         for prop in ("mountpoint",) if kind == "filesystem" else FILESYSTEM_ONLY:
             argv += ["-x", prop]

@@ -111,6 +111,19 @@ options:
       - While the stream runs, keep a JSON file here with C(bytes) sent so far and the expected C(total)
         where ZFS can tell (null otherwise), refreshed every second; for the API's task progress.
     type: path
+  resume_attempts:
+    description:
+      - Where both ZFS can resume a receive (C(zfs receive -s), C(zfs send -t)), a dataset backup whose stream
+        is cut leaves a resume token on this node, and is resumed from it up to this many times in the same
+        run, I(resume_delay) seconds apart. A later run resumes a token it finds when the token's snapshot is
+        still on the source and its base is this node's newest (then sends the rest incrementally), else
+        aborts it (C(zfs receive -A)) and plans again. C(0) resumes only in later runs.
+    type: int
+    default: 2
+  resume_delay:
+    description: Seconds between two resume attempts in the same run.
+    type: int
+    default: 10
   target_id:
     description:
       - Names this target on the source's snapshots (C(vmbackup:target)); defaults to
@@ -210,6 +223,17 @@ kept_aside:
   returned: always
   type: str
   sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-aside-20261128T040003
+resumed:
+  description:
+    - The transfers this run resumed from a resume token (the snapshot, and the bytes this run sent for it),
+      and C(aborted), the token it aborted because it did not fit what was planned (else null).
+  returned: always
+  type: dict
+  sample: {"transfers": [{"snapshot": "daily-20261128_040000", "bytes": 134217728}], "aborted": null}
+resume_token_left:
+  description: On failure, whether the cut transfer left a resume token on this node for a later run.
+  returned: failure
+  type: bool
 held:
   description:
     - The snapshots given vmbackup's user hold (tag C(vmbackup)) as the base of the next incremental, on the
@@ -243,6 +267,7 @@ diff:
 
 import os
 import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -289,6 +314,7 @@ class Backup(Transfer):
         self.created = utc_now()
         self.result.update(backup=self.name, type=self.kind, source=self.snapshot, target=None, incremental=False,
                            base=None, file_path=None, checksum=None, kept_aside=None, held=[], pruned_source=[],
+                           resumed={"transfers": [], "aborted": None},
                            diff={"before": {"backups": []}, "after": {"backups": []}})
         # What this run made, so that a failure can undo exactly that.
         self._made_dataset: str | None = None
@@ -313,7 +339,9 @@ class Backup(Transfer):
         raise SendFailed("snapshot: %s does not exist on %s" % (self.snapshot, self.source.name))
 
     def source_kind(self) -> str:
-        """"volume" or "filesystem": what the source disk is, so what the stream must hold."""
+        """"volume" or "filesystem": what the source disk is, so what the stream must hold (asked once)."""
+        if self._kind is not None:
+            return self._kind
         kind = self.source.get_one(self.p["source"], "type")
         if kind not in ("volume", "filesystem"):
             raise SendFailed("source: %s is a %s on %s, not a volume or a file system" % (
@@ -405,11 +433,104 @@ class Backup(Transfer):
         return bool(self.p["definition"]) and old.properties.get(layout.PROP_TARGET, "-") == "-" and \
             old.properties.get(layout.PROP_DEFINITION) == self.p["definition"]
 
+    # -- resumable transfers --------------------------------------------------------------------
+    @property
+    def resumable(self) -> bool:
+        """Whether a cut stream can be resumed: `zfs receive -s` here and `zfs send -t` on the source."""
+        return self.kind == "dataset" and self.source.features.resume and self.local.features.resume
+
+    def resume_token(self, target: str) -> str | None:
+        """The resume token a cut receive left on `target`, if any (read here: it needs no link)."""
+        if not self.local.features.resume or not Dataset(self.local, target).exists():
+            return None
+        token = self.local.get_one(target, "receive_resume_token")
+        return None if token in ("-", "") else token
+
+    def token_plan(self, token: str) -> dict:
+        """What a token would send, as `zfs send -nvPt` on the source says: toguid, fromguid (an incremental),
+        toname (guids as decimal strings, as `zfs get` gives them) and `size`, the bytes left to send."""
+        out = self.source.run(["zfs", "send", "-nvPt", token], check=False)
+        found: dict = {}
+        for line in (out.stdout + out.stderr).splitlines():
+            key, sep, value = line.strip().partition(" = ")
+            if sep and key in ("toguid", "fromguid", "toname"):
+                found[key] = value.strip()
+            elif line.startswith("size") and line.split()[-1].isdigit():
+                found["size"] = int(line.split()[-1])
+        for key in ("toguid", "fromguid"):
+            try:
+                found[key] = str(int(found[key], 0))
+            except (KeyError, ValueError):
+                found.pop(key, None)
+        return found
+
+    def settle_token(self, target: str, snaps) -> str | None:
+        """A token an earlier run left on `target`: resume it when its snapshot is still on the source and its
+        base is this node's newest snapshot (the chain goes on from there), else abort it (`zfs receive -A`)
+        and plan as if it had never been. Returns the name of a snapshot resumed that is not this run's."""
+        token = self.resume_token(target)
+        if token is None:
+            return None
+        plan = self.token_plan(token)
+        by_guid = {s.guid: s for s in snaps}
+        received = Dataset(self.local, target).snapshots()
+        newest = received[-1].guid if received else None
+        snap = by_guid.get(plan.get("toguid"))
+        if snap is None or plan.get("fromguid") != newest or snap.name == self.p["snapshot"]:
+            why = ("its snapshot %s is no longer on the source" % plan.get("toname", "?") if snap is None
+                   else "it does not start from this node's newest snapshot" if plan.get("fromguid") != newest
+                   else "this run sends its snapshot again, whole")
+            self.result["resumed"]["aborted"] = "%s: %s" % (target, why)
+            if not self.module.check_mode:
+                self.local.zfs("receive", "-A", target)
+            return None
+        if self.module.check_mode:
+            self.result["resumed"]["transfers"].append({"snapshot": snap.name, "bytes": None})
+            return None
+        kind = self.source_kind()
+        pipeline = self.resume_pipeline(target, token, kind)
+        self.transfer(pipeline, total=plan.get("size"))
+        self.result["resumed"]["transfers"].append({"snapshot": snap.name,
+                                                    "bytes": stream.metered_bytes(pipeline.stage("meter"))})
+        receive.check(self.local, target, kind, "compute node %s" % self.source.name)
+        return None if snap.name == self.p["snapshot"] else snap.name
+
+    def resume_pipeline(self, target: str, token: str, kind: str) -> Pipeline:
+        pipeline = Pipeline().add(self.source.argv(["zfs", "send", "-t", token]), "zfs send")
+        pipeline.add(stream.meter_stage(self.p["bwlimit"], True), "meter")
+        pipeline.add(receive.receive_argv(self.local, target, kind, resumable=True), "zfs receive")
+        return pipeline
+
+    def resume_after_cut(self, target: str, snap, cut: Pipeline, error: SendFailed) -> int | None:
+        """The stream was cut: resume it from the token it left, up to `resume_attempts` times, `resume_delay`
+        apart. Returns the bytes sent over all attempts (None when they cannot be counted); raises the last
+        failure when there is no token or no attempt went through."""
+        sent = stream.metered_bytes(cut.stage("meter")) or 0
+        for _attempt in range(self.p["resume_attempts"] if self.resumable else 0):
+            try:
+                token = self.resume_token(target)
+            except ZfsError:
+                token = None
+            if token is None:
+                break
+            time.sleep(self.p["resume_delay"])
+            pipeline = self.resume_pipeline(target, token, self.source_kind())
+            try:
+                self.transfer(pipeline)
+            except SendFailed:  # the first failure says what cut the stream; this one says it again
+                sent += stream.metered_bytes(pipeline.stage("meter")) or 0
+                continue
+            resumed = stream.metered_bytes(pipeline.stage("meter"))
+            self.result["resumed"]["transfers"].append({"snapshot": snap.name, "bytes": resumed})
+            return sent + resumed if resumed is not None else None
+        raise error
+
     # -- dataset backups ------------------------------------------------------------------------
     def run_dataset(self) -> None:
         snap, snaps = self.source_snapshot()
         target = layout.dataset_backup_target(self.p["zpool"], self.vm_uuid, self.disk)
         self.result["target"] = target
+        stale = self.settle_token(target, snaps)  # a transfer an earlier run left cut: resumed or aborted
         base, aside = None, None
         if Dataset(self.local, target).exists():
             received = Dataset(self.local, target).snapshots()
@@ -433,7 +554,8 @@ class Backup(Transfer):
         count = base is not None or bool(self.p["progress_file"])
         pipeline.add(stream.meter_stage(self.p["bwlimit"], count), "meter")
         kind = self.source_kind()
-        pipeline.add(receive.receive_argv(self.local, target, kind, force=base is not None), "zfs receive")
+        pipeline.add(receive.receive_argv(self.local, target, kind, force=base is not None,
+                                          resumable=self.resumable), "zfs receive")
         self.result["cmd"] = str(pipeline)
         self.result["changed"] = True
         if self.module.check_mode:
@@ -448,7 +570,12 @@ class Backup(Transfer):
             self._made_dataset = target
         else:
             self._made_snapshot = "%s@%s" % (target, self.p["snapshot"])
-        self.transfer(pipeline, total=self.estimate(snap, base))
+        total = self.estimate(snap, base)
+        try:
+            self.transfer(pipeline, total=total)
+            size = stream.metered_bytes(pipeline.stage("meter"))
+        except SendFailed as err:
+            size = self.resume_after_cut(target, snap, pipeline, err)
         try:
             receive.check(self.local, target, kind, "compute node %s" % self.source.name)
         except receive.ReceiveRefused as err:
@@ -457,15 +584,17 @@ class Backup(Transfer):
         received = "%s@%s" % (target, self.p["snapshot"])
         self._made_snapshot = received
         self.local.set(received, self.properties())
-        size = stream.metered_bytes(pipeline.stage("meter"))
         if size is None:
             size = int(self.local.get_one(received, "referenced"))
+        if stale:  # the earlier run's snapshot, resumed as the base of this one: its backup had failed
+            Dataset(self.local, "%s@%s" % (target, stale)).destroy()
         self.result.update(size=size, time=round(pipeline.seconds, 3))
         path = layout.dataset_manifest_path(manifest_mount, self.vm_uuid, self.disk, self.name)
         manifest.write_json_atomic(path, self.record(snap, {
             "target": {"dataset": target, "snapshot": received}, "incremental": base is not None,
             "base": base, "size": size, "time": self.result["time"],
-            "send_flags": [f for f in self.send_flags(base) if f.startswith("-")], "kept_aside": aside}))
+            "send_flags": [f for f in self.send_flags(base) if f.startswith("-")], "kept_aside": aside,
+            "resumed": self.result["resumed"]["transfers"]}))
         self.result["manifest"] = path
         self.hold_base(snap, snaps, target, received)
         self.mark_and_prune_source(snap, snaps)
@@ -539,9 +668,23 @@ class Backup(Transfer):
         self.result["diff"] = {"before": {"backups": list(before)}, "after": {"backups": list(after)}}
 
     def undo(self) -> list[str]:
-        """Put both nodes back as they were before this run; return what was done."""
+        """Put both nodes back as they were before this run; return what was done. A cut stream that left a
+        resume token keeps it (and the source snapshot it resumes from) for the next run."""
         if self._part and os.path.exists(self._part):
             self.attempt("remove partial file %s" % self._part, lambda: os.unlink(self._part))
+        target = self.result.get("target")
+        try:
+            token = self.resume_token(target) if target and self.kind == "dataset" else None
+        except ZfsError:
+            token = None
+        if token and self._aside:  # the old chain goes back in place: nothing to resume into
+            self.attempt("abort the cut receive into %s" % target, lambda: self.local.zfs("receive", "-A", target))
+            token = None
+        self.result["resume_token_left"] = bool(token)
+        if token:
+            self.cleanup.append("kept the resume token on %s and the source snapshot %s: the next run resumes "
+                                "the transfer" % (target, self.snapshot))
+            return self.cleanup
         made_dataset = Dataset(self.local, self._made_dataset) if self._made_dataset else None
         made_snapshot = Dataset(self.local, self._made_snapshot) if self._made_snapshot else None
         if made_dataset and made_dataset.exists():
@@ -589,6 +732,8 @@ def main() -> None:
         "prune_source": {"type": "bool", "default": False},
         "target_id": {"type": "str"},
         "progress_file": {"type": "path"},
+        "resume_attempts": {"type": "int", "default": 2},
+        "resume_delay": {"type": "int", "default": 10},
     }
     spec.update(node_argument_spec("source"))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
@@ -607,6 +752,9 @@ def main() -> None:
     check_names(module, uuids={"vm_uuid": p["vm_uuid"]})
     if p["bwlimit"] < 0:
         fail(module, "bwlimit: must be 0 (unlimited) or a number of bytes per second", option="bwlimit")
+    for key in ("resume_attempts", "resume_delay"):
+        if p[key] < 0:
+            fail(module, "%s: must be 0 or more" % key, option=key)
     for key in ("hostname", "target_id"):
         check_label(module, key, p[key])
 
