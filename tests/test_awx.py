@@ -392,3 +392,12 @@ def test_the_engine_launches_what_each_template_takes_and_refuses_a_drift():
         awx_templates.launch_vars(awx_templates.BY_KEY["verify.yml"], {"node": "tb", "bkpname": "x", "disk_id": "1"})
     with pytest.raises(awx_templates.LaunchError, match="backups: missing"):
         awx_templates.launch_vars(batch, {"node": "tb"})
+
+
+def test_awx_requires_a_required_question_at_launch_even_with_a_default():
+    question = {"variable": "target_disk_id", "type": "integer", "required": True, "min": 1, "max": 64, "default": 1}
+    template = {"survey_enabled": True, "survey_spec": {"spec": [question]}, "ask_variables_on_launch": True}
+    assert accept_or_ignore(template, {})[2] == ["'target_disk_id' value missing"]
+    assert accept_or_ignore(template, {"target_disk_id": 2})[2] == []
+    assert accept_or_ignore(dict(template, ask_variables_on_launch=False), {"target_disk_id": 2, "force": True})[1] \
+        == {"force": True}

@@ -167,6 +167,60 @@ def test_awx_over_http_needs_the_operator_to_say_so(tmp_path):
     assert AwxEngine("https://awx.example.com/", "s3cret", str(tmp_path / "runs")).url == "https://awx.example.com"
 
 
+# -- the stand-in refuses what AWX refuses ---------------------------------------------------------------------
+def awx_call(standin: StandIn, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(standin.url + path, method=method, data=json.dumps(body).encode()
+                                     if body is not None else None,
+                                     headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as reply:
+            return reply.status, json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def template_id(standin: StandIn, name: str) -> int:
+    return standin.template(name)["id"]
+
+
+def test_the_stand_in_refuses_the_launches_the_engine_made_before_issue_19(tmp_path):
+    """What main's engine sent for a delete (bkpname a list) and a batch (to the backup template)."""
+    standin = StandIn(TOKEN, str(tmp_path / "hosts.yml"), ENV)
+    try:
+        uuid = "0b1f7a4e-3c2d-4e5f-8a9b-0c1d2e3f4a5b"
+        code, answer = awx_call(standin, "POST", "/api/v2/job_templates/%d/launch/" % template_id(
+            standin, "vmbackup: delete backups"), {"extra_vars": {
+                "node": "tb", "bkpname": ["d-20261201_040000", "d-20261202_040000"], "vm_uuid": uuid, "disk_id": 1}})
+        assert code == 400 and answer == {"variables_needed_to_start": [
+            "Value ['d-20261201_040000', 'd-20261202_040000'] for 'bkpname' expected to be a string."]}
+        code, answer = awx_call(standin, "POST", "/api/v2/job_templates/%d/launch/" % template_id(
+            standin, "vmbackup: back up a VM disk"), {"extra_vars": {
+                "node": "tb", "backups": [{"vm_uuid": uuid, "bkpdef": "d", "disk_id": d} for d in (1, 2)]}})
+        assert code == 400 and answer == {"variables_needed_to_start": ["'bkpdef' value missing"]}
+        code, answer = awx_call(standin, "POST", "/api/v2/job_templates/%d/launch/" % template_id(
+            standin, "vmbackup: restore a backup"), {"extra_vars": {"node": "tb", "bkpname": "d-20261201_040000"}})
+        assert code == 400 and answer == {"variables_needed_to_start": ["'target_disk_id' value missing"]}
+        assert standin.jobs == {}  # nothing started
+    finally:
+        standin.stop()
+
+
+def test_the_stand_in_pages_as_awx_does(tmp_path):
+    standin = StandIn(TOKEN, str(tmp_path / "hosts.yml"), ENV)
+    try:
+        code, first = awx_call(standin, "GET", "/api/v2/job_templates/?page_size=2")
+        assert code == 200 and first["count"] == len(standin.templates) and len(first["results"]) == 2
+        assert first["next"] == "/api/v2/job_templates/?page_size=2&page=2" and first["previous"] is None
+        code, second = awx_call(standin, "GET", first["next"])
+        assert second["previous"] == "/api/v2/job_templates/?page_size=2&page=1"
+        assert {t["id"] for t in second["results"]}.isdisjoint(t["id"] for t in first["results"])
+        assert len(awx_call(standin, "GET", "/api/v2/job_templates/?page_size=1000")[1]["results"]) == \
+            len(standin.templates)  # capped at 200, not refused
+        assert awx_call(standin, "GET", "/api/v2/jobs/1/cancel/")[0] == 404
+    finally:
+        standin.stop()
+
+
 # -- every kind of job, in-process (the service's own calls, the engine, the stand-in) ---------------------------
 @pytest.fixture
 def awx_app(lab):

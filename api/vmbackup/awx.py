@@ -89,6 +89,7 @@ class AwxEngine:
         self.events_wait = events_wait
         self._ids: dict[str, int] = {}
         self._seen: dict[str, list[dict]] = {}  # each followed job's events read so far, by counter
+        self._reading: dict[str, threading.Lock] = {}  # one reader of a job's events at a time
         self._lock = threading.Lock()
         os.makedirs(runs_dir, mode=0o700, exist_ok=True)
 
@@ -208,6 +209,8 @@ class AwxEngine:
         if job_id is None:
             return []
         with self._lock:
+            reading = self._reading.setdefault(ident, threading.Lock())
+        with reading:
             seen = self._seen.setdefault(ident, [])
             last = seen[-1]["counter"] if seen else 0
             path = "/api/v2/jobs/%d/job_events/?%s" % (job_id, urllib.parse.urlencode(
@@ -251,6 +254,9 @@ class AwxEngine:
         result = artifacts.get("vmbackup_result") if isinstance(artifacts.get("vmbackup_result"), dict) else {}
         errors = []
         if status != "successful":
+            # Read them all again: AWX's callback workers may save an event after one with a higher counter.
+            with self._lock:
+                self._seen.pop(ident, None)
             errors = failures(self.events(ident))
             if job.get("job_explanation"):
                 errors.append(str(job["job_explanation"]))
@@ -274,6 +280,7 @@ class AwxEngine:
         finally:
             with self._lock:
                 self._seen.pop(ident, None)
+                self._reading.pop(ident, None)
         on_done(run)
 
     def remove(self, ident: str) -> None:

@@ -196,8 +196,8 @@ TEMPLATES: tuple[Template, ...] = (
                           low=1, high=24),
                  *_vm("backup was"),
                  _pool(),
-                 Variable("expected_digest", "str", False, "Expected digest", "The sha256 recorded at the backup's "
-                          "last good verification (64 hex digits); leave empty if none.", low=0, high=64),
+                 Variable("expected_digest", "str", False, "Expected digest", "The digest recorded at the backup's "
+                          "last good verification (hex digits); leave empty if none.", low=0, high=128),
                  _bwlimit(),
                  Variable("type", "int", description="1 a dataset backup, 2 a file backup (found when not given)."),
                  Variable("compute_node", "str", description="The VM's compute node (found when not given)."))),
