@@ -408,6 +408,17 @@ def test_a_launch_whose_variables_awx_ignored_fails_and_says_what_to_change(awx_
     assert app.store.backups(vm_uuid=vm.uuid) == []
 
 
+def test_the_engine_waits_for_awxs_events_after_the_status_but_not_forever(awx_app, lab):
+    app, standin = awx_app(event_lag=3)  # AWX saves the last events and the artifacts 3 s after the status
+    task = done(app, app.service.sync(SYSTEM_USER))
+    job = standin.jobs[task["awx_job"]]
+    assert task["status"] == "SUCCESS" and job["event_processing_finished"], task["result"]  # it waited
+    app.runner.events_wait = 0.2  # a bound shorter than AWX's delay: the task ends without the artifacts
+    task = done(app, app.service.sync(SYSTEM_USER))
+    job = standin.jobs[task["awx_job"]]
+    assert task["status"] == "FAILURE" and not job["event_processing_finished"], task["result"]
+
+
 def test_a_job_is_followed_again_after_the_service_restarts(lab):
     env, standin = awx_env(lab, TOKEN + "\n")
     try:
