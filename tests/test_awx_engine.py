@@ -210,9 +210,9 @@ def test_the_stand_in_pages_as_awx_does(tmp_path):
     try:
         code, first = awx_call(standin, "GET", "/api/v2/job_templates/?page_size=2")
         assert code == 200 and first["count"] == len(standin.templates) and len(first["results"]) == 2
-        assert first["next"] == "/api/v2/job_templates/?page_size=2&page=2" and first["previous"] is None
+        assert first["next"] == "/api/v2/job_templates/?page=2&page_size=2" and first["previous"] is None
         code, second = awx_call(standin, "GET", first["next"])
-        assert second["previous"] == "/api/v2/job_templates/?page_size=2&page=1"
+        assert second["previous"] == "/api/v2/job_templates/?page=1&page_size=2"
         assert {t["id"] for t in second["results"]}.isdisjoint(t["id"] for t in first["results"])
         assert len(awx_call(standin, "GET", "/api/v2/job_templates/?page_size=1000")[1]["results"]) == \
             len(standin.templates)  # capped at 200, not refused
@@ -409,14 +409,20 @@ def test_a_launch_whose_variables_awx_ignored_fails_and_says_what_to_change(awx_
 
 
 def test_the_engine_waits_for_awxs_events_after_the_status_but_not_forever(awx_app, lab):
-    app, standin = awx_app(event_lag=3)  # AWX saves the last events and the artifacts 3 s after the status
-    task = done(app, app.service.sync(SYSTEM_USER))
+    # AWX saves a job's last events after its status: here 3 s after, with the failed task's message.
+    app, standin = awx_app(event_lag=3, playbooks={"vmbackup: back up a VM disk": "tests/fixtures/awx_fails.yml"})
+    vm = make_vm(lab, "awxlate")
+    seed(app.store, lab, vm)
+    define(app, lab, vm, "daily")
+    task = done(app, app.service.create_backup(SYSTEM_USER, vm.hostname, "daily", {}))
     job = standin.jobs[task["awx_job"]]
-    assert task["status"] == "SUCCESS" and job["event_processing_finished"], task["result"]  # it waited
-    app.runner.events_wait = 0.2  # a bound shorter than AWX's delay: the task ends without the artifacts
-    task = done(app, app.service.sync(SYSTEM_USER))
+    assert task["status"] == "FAILURE" and job["event_processing_finished"], task["result"]  # it waited
+    assert "Reach the backup node: the backup node is on fire" in task["result"]["detail"]
+    app.runner.events_wait = 0.2  # a bound shorter than AWX's delay: the task ends without the message
+    task = done(app, app.service.create_backup(SYSTEM_USER, vm.hostname, "daily", {}))
     job = standin.jobs[task["awx_job"]]
     assert task["status"] == "FAILURE" and not job["event_processing_finished"], task["result"]
+    assert "on fire" not in task["result"]["detail"]
 
 
 def test_a_job_is_followed_again_after_the_service_restarts(lab):

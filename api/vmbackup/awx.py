@@ -243,7 +243,7 @@ class AwxEngine:
 
     def result(self, ident: str) -> RunResult:
         """The run's result, from a job that has ended: waits (up to events_wait) until AWX has saved its events,
-        for the artifacts and the failed tasks come with them."""
+        for the failed tasks' messages are in the last of them."""
         deadline = time.monotonic() + self.events_wait
         job = self.job(ident) or {}
         while not job.get("event_processing_finished") and time.monotonic() < deadline:
