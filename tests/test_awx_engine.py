@@ -310,7 +310,6 @@ def test_every_kind_of_job_the_api_starts_passes_awxs_launch_rules_and_runs(awx_
     # Prune, as earlier versions queued it (a retention task): the oldest file backup goes.
     files = names(app, other, "files")
     task_id = service.task_id(SYSTEM_USER, "a")
-    service.queue.claim([(other.uuid, 1)], task_id)
     service.queue.submit(service._task(task_id, SYSTEM_USER, RetentionJob, {
         "node": "tb", "zpool": lab.backup_pool, "vm_uuid": other.uuid, "hostname": other.hostname, "disk_id": 1,
         "bkpdef": "files", "retention": 3, "type": 2, "protect": []}, vm_uuid=other.uuid,
