@@ -18,6 +18,12 @@ import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_run import REPO
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
+from awx_standin import _choices as choices_of  # noqa: E402
+from awx_standin import accept_or_ignore, answer_errors, load_templates, survey_defaults  # noqa: E402
+
+from vmbackup import awx_templates  # noqa: E402
+
 SURVEYS = os.path.join(REPO, "awx", "surveys")
 SURVEY_FILES = sorted(f for f in os.listdir(SURVEYS) if f.endswith(".json"))
 BIN = os.path.dirname(sys.executable)
@@ -51,15 +57,8 @@ def survey(name: str) -> dict:
 # Written from what ansible/awx states (24.6.1-145-ge21dd0a, October 2024), not copied from it:
 # - saving a survey: awx/api/views/__init__.py JobTemplateSurveySpec._validate_spec_data, with the question
 #   types of awx/main/constants.py SURVEY_TYPE_MAPPING;
-# - launching: awx/api/serializers.py JobLaunchSerializer.validate calls the template's
-#   _accept_or_ignore_job_kwargs, which checks extra_vars with awx/main/models/mixins.py
-#   SurveyJobTemplateMixin._accept_or_ignore_variables: each question through _survey_element_validation,
-#   any failure refusing the launch under variables_needed_to_start; variables no question asks for are
-#   kept only with ask_variables_on_launch (else ignored);
-# - variables_needed_to_start (mixins.py) is every question marked required, defaults or not: a launch must
-#   give each of them;
-# - the job's variables (mixins.py _update_unified_job_kwargs): the survey's defaults that pass their own
-#   question's validation, then the launch's extra_vars over them.
+# - launching: the stand-in's rules (tests/fixtures/awx_standin.py, whose docstring names AWX's files), the same
+#   that refuse the engine's launches in tests/test_awx_engine.py.
 SURVEY_TYPES = {"text": (str,), "textarea": (str,), "password": (str,), "multiplechoice": (str,),
                 "multiselect": (str,), "integer": (int,), "float": (float, int)}
 
@@ -108,62 +107,11 @@ def spec_errors(survey: dict) -> list[str]:
     return errors
 
 
-def choices_of(question: dict) -> list:
-    """A question's choices: a list, or a string with one choice a line."""
-    choices = question["choices"]
-    return [c for c in choices.splitlines() if c.strip()] if isinstance(choices, str) else list(choices)
-
-
-def answer_errors(question: dict, answers: dict) -> list[str]:
-    """Why AWX refuses the answer to one question (with AWX's wording), [] if it accepts it."""
-    variable, qtype = question["variable"], question["type"]
-    if variable not in answers:
-        return ["'%s' value missing" % variable] if question["required"] else []
-    value = answers[variable]
-
-    def limit(name: str):
-        return None if question.get(name) in ("", None) else question[name]
-
-    low, high = limit("min"), limit("max")
-    if qtype in ("text", "textarea", "password"):
-        if not isinstance(value, str):
-            return ["Value %s for '%s' expected to be a string." % (value, variable)]
-        too = []
-        if low is not None and len(value) < int(low):
-            too.append("'%s' value %s is too small (length is %s must be at least %s)."
-                       % (variable, value, len(value), low))
-        if high is not None and len(value) > int(high):
-            too.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, high))
-        return too
-    if qtype in ("integer", "float"):
-        if (type(value) is not int) if qtype == "integer" else (type(value) not in (int, float)):  # bools are not
-            return ["Value %s for '%s' expected to be %s." % (value, variable, "an integer" if qtype == "integer"
-                                                               else "a numeric type")]
-        cast = int if qtype == "integer" else float
-        too = []
-        if low is not None and value < cast(low):
-            too.append("'%s' value %s is too small (must be at least %s)." % (variable, value, low))
-        if high is not None and value > cast(high):
-            too.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, high))
-        return too
-    if qtype == "multiselect":
-        if type(value) is not list:
-            return ["'%s' value is expected to be a list." % variable]
-        return ["Value %s for '%s' expected to be one of %s." % (v, variable, choices_of(question))
-                for v in value if v not in choices_of(question)]
-    if value not in choices_of(question):  # multiplechoice: the value itself, no conversion
-        return ["Value %s for '%s' expected to be one of %s." % (value, variable, choices_of(question))]
-    return []
-
-
 def launch(survey: dict, extra_vars: dict, ask_variables_on_launch: bool = True) -> tuple[list[str], dict]:
-    """What AWX does with a launch's extra_vars: (the reasons it refuses them, the job's variables)."""
-    errors = [e for q in survey["spec"] for e in answer_errors(q, extra_vars)]
-    asked = {q["variable"] for q in survey["spec"]}
-    job = {q["variable"]: q["default"] for q in survey["spec"]
-           if q.get("default") is not None and not answer_errors(q, {q["variable"]: q["default"]})}
-    job.update({k: v for k, v in extra_vars.items() if k in asked or ask_variables_on_launch})
-    return errors, job
+    """What AWX does with a launch's extra_vars (the stand-in's rules): (its refusals, the job's variables)."""
+    template = {"survey_enabled": True, "survey_spec": survey, "ask_variables_on_launch": ask_variables_on_launch}
+    accepted, _ignored, errors = accept_or_ignore(template, extra_vars)
+    return errors, dict(survey_defaults(template), **accepted)
 
 
 def variables_needed_to_start(survey: dict) -> list[str]:
@@ -175,8 +123,7 @@ def job_templates() -> list[dict]:
 
 
 def template_asks_variables_on_launch() -> bool:
-    task = next(t for t in load_yaml("awx", "job_templates.yml")[0]["tasks"] if "awx.awx.job_template" in t)
-    return task["awx.awx.job_template"]["ask_variables_on_launch"] is True
+    return all(t["ask_variables_on_launch"] for t in load_templates())
 
 
 def playbook_accepts(playbook: str, variables: dict) -> list[str]:
@@ -274,25 +221,36 @@ def test_awx_ignores_variables_no_question_asks_for_unless_the_template_takes_ex
 
 def test_every_launch_in_the_docs_is_one_awx_and_the_playbook_accept():
     launches = docs_launches()
-    by_name = {t["name"]: t for t in job_templates()}
-    assert {by_name[name]["survey"] for name, _body in launches} == {"backup.json", "restore.json", "delete.json",
-                                                                     "prune.json"}
+    by_name = {t["name"]: t for t in load_templates()}
+    assert {os.path.basename(by_name[name]["playbook"]) for name, _body in launches} == {
+        "backup.yml", "backup_batch.yml", "restore.yml", "delete.yml", "prune.yml"}
     for name, body in launches:
         assert set(body) == {"extra_vars"}, body  # nothing else needs a Prompt on launch
         template = by_name[name]
-        errors, job = launch(survey(template["survey"]), body["extra_vars"], template_asks_variables_on_launch())
-        assert errors == [], (name, errors)
-        assert playbook_accepts(template["survey"][:-len(".json")], job) == [], (name, job)
+        accepted, ignored, errors = accept_or_ignore(template, body["extra_vars"])
+        assert errors == [] and ignored == {}, (name, errors, ignored)
+        playbook = {"backup_batch": "backup"}.get(template["playbook"][len("playbooks/"):-len(".yml")],
+                                                  template["playbook"][len("playbooks/"):-len(".yml")])
+        assert playbook_accepts(playbook, dict(survey_defaults(template), **accepted)) == [], (name, accepted)
 
 
 def test_the_docs_name_what_each_template_requires_at_launch():
     with open(os.path.join(REPO, "docs", "AWX.md")) as handle:
         rows = re.findall(r"^\s*\| ([^|]+) \| `(\w+\.json)` \| ([^|]+) \|$", handle.read(), re.M)
     templates = {t["name"]: t.get("survey") for t in job_templates()}
-    assert len(rows) == 4
+    assert len(rows) == len(SURVEY_FILES)
     for name, survey_file, required in rows:
         assert templates[name] == survey_file
         assert [v.strip() for v in required.split(",")] == variables_needed_to_start(survey(survey_file))
+
+
+def test_the_docs_name_the_template_of_every_job_the_api_starts():
+    with open(os.path.join(REPO, "docs", "AWX.md")) as handle:
+        rows = re.findall(r"^\| [^|]+ \| `(\w+\.yml)` \| ([^|]+) \|", handle.read(), re.M)
+    described = {t.key: t.name for t in awx_templates.TEMPLATES}
+    assert {key for key, _name in rows} == set(described) - {"discover.yml", "nodes.yml"}
+    for key, name in rows:
+        assert described[key] == name.strip()
 
 
 # -- the files ------------------------------------------------------------------------------------------------
@@ -359,6 +317,7 @@ def test_job_templates_name_existing_playbooks_and_surveys():
         if "survey" in template:
             assert template["survey"] in SURVEY_FILES
             assert template["survey"][:-len(".json")] == os.path.basename(template["playbook"])[:-len(".yml")]
+        assert template["ask_variables_on_launch"] is True, template  # the API's jobs pass booleans and lists
     tasks = {next(k for k in task if k.startswith("awx.awx.")) for task in plays[0]["tasks"]}
     assert {"awx.awx.project", "awx.awx.inventory", "awx.awx.inventory_source", "awx.awx.job_template"} <= tasks
 
@@ -392,3 +351,53 @@ def test_execution_environment_is_accepted_by_ansible_builder(tmp_path):
     files = {p.name for p in context.iterdir()}
     assert files & {"Containerfile", "Dockerfile"}
     shutil.rmtree(context)
+
+
+# -- the one description --------------------------------------------------------------------------------------
+def test_the_awx_files_are_the_ones_the_description_generates():
+    for name, text in awx_templates.generated_files().items():
+        with open(os.path.join(REPO, "awx", name)) as handle:
+            assert handle.read() == text, "awx/%s differs: run python -m vmbackup.awx_templates write" % name
+    assert set(SURVEY_FILES) == {n.split("/", 1)[1] for n in awx_templates.generated_files() if "/" in n}
+
+
+@pytest.mark.parametrize("template", awx_templates.TEMPLATES, ids=lambda t: t.key)
+def test_each_described_variable_is_one_its_playbook_takes_with_the_same_type(template):
+    playbook = {"backup_batch.yml": "backup"}.get(template.key, template.key[:-len(".yml")])
+    assert os.path.exists(os.path.join(REPO, template.playbook))
+    if playbook in ("sync", "nodes"):  # their variables are checked in the playbook itself
+        return
+    spec = argument_spec(playbook)
+    for variable in template.variables:
+        option = spec[variable.name]
+        kind = {"dict-list": "list"}.get(variable.kind, variable.kind)
+        assert option["type"] == kind or (variable.name == "bkpname" and option["type"] == "raw"), variable
+        if variable.question:
+            assert not (variable.required and variable.default is not None), \
+                "%s: AWX requires a required question at launch whatever its default" % variable.name
+        if option.get("required") and template.key != "backup_batch.yml":
+            assert variable.required, "%s is required by %s.yml" % (variable.name, playbook)
+
+
+def test_the_engine_launches_what_each_template_takes_and_refuses_a_drift():
+    batch = awx_templates.template_for("backup.yml", {"node": "tb", "backups": []})
+    assert batch.key == "backup_batch.yml"
+    values = awx_templates.launch_vars(awx_templates.BY_KEY["delete.yml"], {
+        "node": "tb", "bkpname": ["a-20261201_040000", "a-20261202_040000"], "zpool": None, "disk_id": 1,
+        "vmbackup_progress_file": ""})
+    assert values == {"node": "tb", "bkpname": "a-20261201_040000,a-20261202_040000", "disk_id": 1}
+    with pytest.raises(awx_templates.LaunchError, match="'vmbackup: delete backups'.*snapshot: not a variable"):
+        awx_templates.launch_vars(awx_templates.BY_KEY["delete.yml"], {"node": "tb", "bkpname": "x", "snapshot": 1})
+    with pytest.raises(awx_templates.LaunchError, match="disk_id: '1' is not of kind int"):
+        awx_templates.launch_vars(awx_templates.BY_KEY["verify.yml"], {"node": "tb", "bkpname": "x", "disk_id": "1"})
+    with pytest.raises(awx_templates.LaunchError, match="backups: missing"):
+        awx_templates.launch_vars(batch, {"node": "tb"})
+
+
+def test_awx_requires_a_required_question_at_launch_even_with_a_default():
+    question = {"variable": "target_disk_id", "type": "integer", "required": True, "min": 1, "max": 64, "default": 1}
+    template = {"survey_enabled": True, "survey_spec": {"spec": [question]}, "ask_variables_on_launch": True}
+    assert accept_or_ignore(template, {})[2] == ["'target_disk_id' value missing"]
+    assert accept_or_ignore(template, {"target_disk_id": 2})[2] == []
+    assert accept_or_ignore(dict(template, ask_variables_on_launch=False), {"target_disk_id": 2, "force": True})[1] \
+        == {"force": True}
