@@ -104,8 +104,10 @@ def holds(node, snapshot: str) -> list[str]:
 def test_the_base_of_the_next_incremental_is_held_on_both_sides(nodes):
     """On OpenZFS the snapshot each next incremental starts from is held (tag vmbackup) on the compute node and
     on the backup node: anyone's `zfs destroy` of it fails, the hold moves with each backup, and vmbackup's own
-    destroys (the source's older snapshots, a restore's old disk) release it first, never with -f. zfs-fuse's
-    nodes are not given holds (its Features say none) and keep working as before."""
+    destroys (the source's older snapshots, a restore's old disk) release it first, never with -f. Each sent
+    snapshot is bookmarked: a base destroyed anyway still starts the next incremental. zfs-fuse's nodes are not
+    given holds or bookmarks (its Features say none) and keep working as before."""
+    from ansible_run import run_module
     compute, backup = nodes.node("compute"), nodes.node("backup")
     vm = new_vm(compute, 2, SIZE_MB)
     disk = vm.disk(compute.pools[0], 0)
@@ -127,10 +129,26 @@ def test_the_base_of_the_next_incremental_is_held_on_both_sides(nodes):
     assert not compute.exists(src)  # the older base, released and pruned from the source
     assert holds(compute, "%s@%s" % (disk, second)) == ["vmbackup"]
     assert holds(backup, dst) == [] and holds(backup, "%s@%s" % (target(nodes, vm), second)) == ["vmbackup"]
+    listed = run_module("vmbackup.zfs.backup_info", {"zpool": backup.pools[0]}, inventory=nodes.inventory,
+                        host=backup.name)
+    assert {b["name"]: b["holds"] for b in listed["backups"] if b["vm_uuid"] == vm.uuid} == {first: 0, second: 1}
+
+    # An operator releases the hold and destroys the base anyway: its bookmark carries the chain on.
+    compute.zfs("release", "vmbackup", "%s@%s" % (disk, second))
+    compute.zfs("destroy", "%s@%s" % (disk, second))
+    compute.write_data(disk, "third", 1)
+    at_third = compute.checksums(disk)
+    third = "hourly-20261205_030000"
+    made = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="hourly", bkpname=third)
+    assert made.result["incremental"] is True and made.result["base"] == second, made
+    assert manifest(backup, vm, third)["base_bookmark"] is True
+    assert compute.zfs("list", "-H", "-o", "name", "-t", "bookmark", disk).split() == ["%s#%s" % (disk, third)]
 
     # A restore destroys the old disk with its snapshots: it releases the hold it owns.
-    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname=first, target_hostname=vm.hostname, target_disk_id=1,
+    compute.write_data(disk, "after", 1)
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname=third, target_hostname=vm.hostname, target_disk_id=1,
        force=True)
+    assert compute.checksums(disk) == at_third
     assert snapshots(compute, disk) == []
     assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-r", compute.pools[0]).split() if "-restore-" in n]
 

@@ -30,7 +30,7 @@ def dataset_backups(node, zpool: str) -> list[dict]:
         return []
     manifest_mount = Dataset(node, layout.manifest_root(zpool)).mounted_at()
     items, seen = [], set()
-    for snap in Dataset(node, root).snapshots_below(BACKUP_PROPERTIES + ("referenced", "used")):
+    for snap in Dataset(node, root).snapshots_below(BACKUP_PROPERTIES + ("referenced", "used", "userrefs")):
         parsed = layout.backup_dataset_leaf(snap.dataset.rsplit("/", 1)[-1])
         if snap.dataset == root or parsed is None:
             continue  # not a VM disk's backup dataset
@@ -43,7 +43,8 @@ def dataset_backups(node, zpool: str) -> list[dict]:
                 "size": int(props["referenced"] or 0), "type": "dataset", "path": snap.full, "checksum": None,
                 "dataset": snap.dataset, "snapshot": snap.name, "guid": snap.guid, "createtxg": snap.createtxg,
                 "referenced": int(props["referenced"] or 0), "used": int(props["used"] or 0),
-                "kept_aside": aside, "manifest": None, "problem": None}
+                "kept_aside": aside, "manifest": None, "problem": None,
+                "holds": int(props["userrefs"]) if (props.get("userrefs") or "").isdigit() else None}
         if props[layout.PROP_BACKUP] is None:
             item["problem"] = "the snapshot has no vmbackup properties: not made by vmbackup, or not finished"
         if manifest_mount:

@@ -142,6 +142,12 @@ backups:
       description: Whether the snapshot lives in a backup dataset kept aside after a broken chain.
       type: bool
       sample: false
+    holds:
+      description:
+        - How many user holds the snapshot has (C(userrefs)); vmbackup holds the base of the next incremental
+          (tag C(vmbackup)) where the ZFS lists holds. Null for file backups.
+      type: int
+      sample: 1
     compression:
       description: The file's compression (file backups).
       type: str

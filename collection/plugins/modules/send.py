@@ -223,6 +223,18 @@ kept_aside:
   returned: always
   type: str
   sample: backup/backups/ds/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0-aside-20261128T040003
+bookmark:
+  description:
+    - The bookmark made of the snapshot just sent, on the source, where its ZFS has bookmarks; older bookmarks
+      of the same I(definition) are destroyed. When the base snapshot is gone from the source, the next
+      incremental starts from this bookmark (C(base_bookmark)).
+  returned: always
+  type: str
+  sample: zones/9f2b1c4e-3b8a-4c1e-9a7d-2f0e5d6c7b8a-disk0#daily-20261128_040000
+base_bookmark:
+  description: Whether this incremental started from a bookmark of its base (the base snapshot was gone).
+  returned: always
+  type: bool
 resumed:
   description:
     - The transfers this run resumed from a resume token (the snapshot, and the bytes this run sent for it),
@@ -314,7 +326,7 @@ class Backup(Transfer):
         self.created = utc_now()
         self.result.update(backup=self.name, type=self.kind, source=self.snapshot, target=None, incremental=False,
                            base=None, file_path=None, checksum=None, kept_aside=None, held=[], pruned_source=[],
-                           resumed={"transfers": [], "aborted": None},
+                           bookmark=None, base_bookmark=False, resumed={"transfers": [], "aborted": None},
                            diff={"before": {"backups": []}, "after": {"backups": []}})
         # What this run made, so that a failure can undo exactly that.
         self._made_dataset: str | None = None
@@ -322,6 +334,7 @@ class Backup(Transfer):
         self._aside: tuple[str, str] | None = None
         self._part: str | None = None
         self._kind: str | None = None  # the source disk's type, once asked
+        self._base_is_bookmark = False  # the incremental starts from a bookmark of the base (its snapshot gone)
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
@@ -350,8 +363,10 @@ class Backup(Transfer):
         return kind
 
     def send_flags(self, base: str | None) -> list[str]:
-        """The flags of this backup's `zfs send` (recorded in its manifest, so a restore knows the stream)."""
-        return self.stream_flags(self.source, self.local) + (["-i", "@" + base] if base else [])
+        """The flags of this backup's `zfs send` (recorded in its manifest, so a restore knows the stream); an
+        incremental starts from the base snapshot, or from its bookmark once the snapshot is gone."""
+        start = ("#" if self._base_is_bookmark else "@") + base if base else None
+        return self.stream_flags(self.source, self.local) + (["-i", start] if start else [])
 
     def send_argv(self, base: str | None) -> list[str]:
         return self.source.argv(["zfs", "send"] + self.send_flags(base) + [self.snapshot])
@@ -426,6 +441,37 @@ class Backup(Transfer):
                 self.result["held"].append(received)
         except ZfsError as err:
             self.module.warn("backup made, but its base snapshot is not held: %s" % err)
+
+    def source_bookmarks(self) -> dict[str, str]:
+        """The source disk's bookmarks, guid -> name, where its ZFS has bookmarks."""
+        if not self.source.features.bookmarks:
+            return {}
+        out = self.source.zfs("list", "-H", "-p", "-o", "name,guid", "-t", "bookmark", "-d", "1", self.p["source"])
+        marks = {}
+        for line in out.splitlines():
+            name, dummy, guid = line.partition("\t")
+            if name.startswith(self.p["source"] + "#"):
+                marks[guid.strip()] = name.split("#", 1)[1]
+        return marks
+
+    def bookmark_sent(self, snap) -> None:
+        """Bookmark the snapshot just sent on the source (a bookmark keeps no blocks): should the snapshot go
+        (an operator, another tool), the next incremental still starts from it. Older bookmarks of this
+        definition go. The backup is committed: a failure here is a warning."""
+        if not self.source.features.bookmarks:
+            return
+        mark = "%s#%s" % (self.p["source"], snap.name)
+        try:
+            marks = self.source_bookmarks()
+            if snap.guid not in marks:
+                self.source.zfs("bookmark", snap.full, mark)
+            prefix = (self.p["definition"] or "") + "-"
+            for guid, name in marks.items():
+                if guid != snap.guid and self.p["definition"] and name.startswith(prefix):
+                    self.source.zfs("destroy", "%s#%s" % (self.p["source"], name))
+            self.result["bookmark"] = mark
+        except ZfsError as err:
+            self.module.warn("backup made, but the source snapshot is not bookmarked: %s" % err)
 
     def left_by_failed_run(self, old) -> bool:
         """An older snapshot of this definition that went nowhere: a run failed before it could drop it
@@ -541,11 +587,15 @@ class Backup(Transfer):
                 return  # idempotent: this backup exists
             source_guids = {s.guid for s in snaps}
             common_snaps = [r for r in received if r.guid in source_guids]
+            marks = self.source_bookmarks() if received else {}
             if common_snaps and common_snaps[-1].guid == received[-1].guid:
                 base = common_snaps[-1].name
+            elif received and received[-1].guid in marks:  # the base snapshot is gone, its bookmark is not
+                base, self._base_is_bookmark = marks[received[-1].guid], True
             else:
                 aside = "%s-aside-%s" % (target, self.created[:19].replace(":", "").replace("-", ""))
-        self.result.update(incremental=base is not None, base=base, kept_aside=aside)
+        self.result.update(incremental=base is not None, base=base, kept_aside=aside,
+                           base_bookmark=self._base_is_bookmark)
         before = self.result["diff"]["before"]["backups"]
         self.diff(before, ([] if aside else before) + [self.p["snapshot"]])
 
@@ -592,11 +642,12 @@ class Backup(Transfer):
         path = layout.dataset_manifest_path(manifest_mount, self.vm_uuid, self.disk, self.name)
         manifest.write_json_atomic(path, self.record(snap, {
             "target": {"dataset": target, "snapshot": received}, "incremental": base is not None,
-            "base": base, "size": size, "time": self.result["time"],
+            "base": base, "base_bookmark": self._base_is_bookmark, "size": size, "time": self.result["time"],
             "send_flags": [f for f in self.send_flags(base) if f.startswith("-")], "kept_aside": aside,
             "resumed": self.result["resumed"]["transfers"]}))
         self.result["manifest"] = path
         self.hold_base(snap, snaps, target, received)
+        self.bookmark_sent(snap)
         self.mark_and_prune_source(snap, snaps)
         self._made_dataset = self._made_snapshot = self._aside = None  # committed
 
