@@ -48,11 +48,6 @@ class JobQueue:
         """The pending task (of any process) that claims a VM disk, or None."""
         return self.store.claimed(*disk)
 
-    def ensure_free(self, disks: list[Disk]) -> None:
-        """409 if a pending job claims one of the disks (checked again when the task is recorded)."""
-        if any(self.busy(d) for d in disks):
-            raise errors.Conflict(errors.VM_PENDING)
-
     # -- running --------------------------------------------------------------------------------
     def submit(self, task: dict, records: Callable[[], None] | None = None) -> None:
         """Record the task and start its run, or queue it while its backup node has no free slot.

@@ -821,12 +821,9 @@ class Store:
     def update_task(self, task_id: str, fields: Doc) -> None:
         with self.lock:
             day = self._task_days[task_id]
-            self._day(day).table("tasks").update(fields, Query().task_id == task_id)
-            if fields.get("status", "PENDING") != "PENDING":
-                self._pending.discard(task_id)
-                self._release_claims(task_id)
-            if fields.get("failed_items"):
-                self._task_failed[task_id] = [tuple(item) for item in fields["failed_items"]]
+            table = self._day(day).table("tasks")
+            table.update(fields, Query().task_id == task_id)
+            self._index_task(table.get(Query().task_id == task_id), day)  # pending, claims, failures
 
     def pending_tasks(self) -> list[Doc]:
         with self.lock:

@@ -538,8 +538,16 @@ class Backup(Transfer):
         self.transfer(pipeline, total=plan.get("size"))
         self.result["resumed"]["transfers"].append({"snapshot": snap.name,
                                                     "bytes": stream.metered_bytes(pipeline.stage("meter"))})
-        receive.check(self.local, target, kind, "compute node %s" % self.source.name)
+        self.check_received(target, kind)
         return None if snap.name == self.p["snapshot"] else snap.name
+
+    def check_received(self, target: str, kind: str) -> None:
+        """After every receive from the compute node (a resumed one too): `receive.check`, its refusal a
+        failed backup (undone like any other)."""
+        try:
+            receive.check(self.local, target, kind, "compute node %s" % self.source.name)
+        except receive.ReceiveRefused as err:
+            raise SendFailed(str(err)) from err
 
     def resume_pipeline(self, target: str, token: str, kind: str) -> Pipeline:
         pipeline = Pipeline().add(self.source.argv(["zfs", "send", "-t", token]), "zfs send")
@@ -626,10 +634,7 @@ class Backup(Transfer):
             size = stream.metered_bytes(pipeline.stage("meter"))
         except SendFailed as err:
             size = self.resume_after_cut(target, snap, pipeline, err)
-        try:
-            receive.check(self.local, target, kind, "compute node %s" % self.source.name)
-        except receive.ReceiveRefused as err:
-            raise SendFailed(str(err)) from err
+        self.check_received(target, kind)
 
         received = "%s@%s" % (target, self.p["snapshot"])
         self._made_snapshot = received
