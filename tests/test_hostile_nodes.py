@@ -11,6 +11,9 @@ Attacks (each a real backup.yml run over ssh between guests):
 - `swap`: a file system with those properties where the disk is a zvol: refused (type), nothing left.
 - `replicate`: a replication stream (`-R`) of a tree, named as the snapshot asked for: refused (datasets below
   the target), nothing left.
+- `resume`: the disk's stream cut after 4 MiB (the receive, resumable, keeps a token), then every `zfs send -t`
+  answered with a file system carrying `mountpoint=/root/pwned`, exec and setuid: the resumed receive (the
+  same -u and overrides) takes none of it, the backup fails, and nothing mounts or lands under /root/pwned.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ WRAPPER = r"""#!/bin/sh
 # A compromised compute node (vmbackup's tests): `zfs send` of a disk listed in /etc/vmbackup-hostile
 # answers with what the list says.
 if [ "$1" = send ]; then
+  if [ "$2" = -t ] && grep -q ' resume$' /etc/vmbackup-hostile 2>/dev/null; then
+    echo "$3" >> /var/log/vmbackup-hostile-resume.log
+    /usr/sbin/zfs snapshot zones/evil-fs@resume 2>/dev/null; exec /usr/sbin/zfs send -p zones/evil-fs@resume
+  fi
   for last; do :; done
   disk="${last%%@*}"; snap="${last#*@}"
   mode=$(awk -v d="$disk" '$1 == d {print $2}' /etc/vmbackup-hostile 2>/dev/null)
@@ -38,6 +45,8 @@ if [ "$1" = send ]; then
     swap) /usr/sbin/zfs snapshot zones/evil-fs@"$snap" 2>/dev/null; exec /usr/sbin/zfs send -p zones/evil-fs@"$snap" ;;
     replicate) /usr/sbin/zfs snapshot -r zones/evil-tree@"$snap" 2>/dev/null
                exec /usr/sbin/zfs send -R zones/evil-tree@"$snap" ;;
+    resume) case "$2" in -n*) exec /usr/sbin/zfs "$@" ;; esac  # the estimate stays true
+            /usr/sbin/zfs "$@" | head -c 4194304; exit 1 ;;
   esac
 fi
 exec /usr/sbin/zfs "$@"
@@ -54,9 +63,10 @@ def hostile(ozlab):
                  "printf '#!/bin/sh\\necho pwned\\n' > %s/tar && chmod 4755 %s/tar && "
                  "zfs create -o mountpoint=none zones/evil-tree && zfs create zones/evil-tree/child; }"
                  % (PWNED, PWNED, PWNED)])
-    compute.run(["zfs", "unmount", "zones/evil-fs"])  # its folder /root/pwned stays empty on the compute node
+    if compute.zfs("get", "-H", "-o", "value", "mounted", "zones/evil-fs").strip() == "yes":  # a lab used before
+        compute.run(["zfs", "unmount", "zones/evil-fs"])  # its folder /root/pwned stays empty on the compute node
     yield ozlab
-    compute.run(["rm", "-f", "/usr/local/sbin/zfs", "/etc/vmbackup-hostile"])
+    compute.run(["rm", "-f", "/usr/local/sbin/zfs", "/etc/vmbackup-hostile", "/var/log/vmbackup-hostile-resume.log"])
 
 
 def make_hostile(node, vm: LabVM, mode: str) -> None:
@@ -127,3 +137,26 @@ def test_a_replication_stream_is_refused_and_leaves_nothing(hostile):
     said = " ".join(msg for _task, msg in run.failures)
     assert "compute node %s sent a replication stream" % compute.address in said, said
     assert backup_state(backup_node, vm) == before
+
+
+def test_a_hostile_answer_to_a_resume_never_mounts_or_runs(hostile):
+    compute, backup_node = hostile.node("compute"), hostile.node("backup")
+    vm = new_vm(compute, 16, 64)
+    make_hostile(compute, vm, "resume")
+    run = backup(hostile, vm)
+    assert not run.ok, run
+    said = " ".join(msg for _task, msg in run.failures)
+    assert "transfer failed" in said, said
+    target = "%s/backups/ds/%s-disk0" % (backup_node.pools[0], vm.uuid)
+    # Both resume attempts of the run asked for the token's stream and got the hostile answer.
+    asked = compute.run(["cat", "/var/log/vmbackup-hostile-resume.log"]).stdout.split()
+    token = backup_node.zfs("get", "-H", "-o", "value", "receive_resume_token", target).strip()
+    assert asked == [token, token], asked
+    # The cut receive was resumable: its token is kept for a later run, nothing of the hostile answer is in it.
+    assert token not in ("", "-")
+    assert backup_node.zfs("list", "-H", "-t", "snapshot", "-o", "name", "-r", target).split() == []
+    mountpoints = backup_node.zfs("get", "-H", "-o", "value", "mountpoint", "-r", backup_node.pools[0]).split()
+    assert not [m for m in mountpoints if m.startswith(PWNED)], mountpoints
+    backup_node.run(["zfs", "mount", "-a"])
+    assert not [m for m in mounts(backup_node) if m.startswith(PWNED)]
+    assert backup_node.run(["sh", "-c", "ls -A %s* 2>/dev/null | wc -l" % PWNED]).stdout.strip() == "0"
