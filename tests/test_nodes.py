@@ -14,11 +14,12 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 
 import pytest
 from api_env import ADMIN, ApiEnv
+from node_env import LabVM, backup_state, cut_midway, new_vm, playbook, said, snapshots, wait_for_bytes
 from node_env import Run as Background
-from node_env import backup_state, cut_midway, new_vm, playbook, said, snapshots, wait_for_bytes
 from playbook_env import Run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, QEMU taps and zfs-fuse need root")
@@ -337,6 +338,82 @@ def test_the_api_backs_up_restores_and_marks_a_destroyed_backup_lost(nodes):
     finally:
         env.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def new_encrypted_vm(node, data_mb: int, size_mb: int = SIZE_MB) -> tuple[LabVM, str]:
+    """A VM whose disk is a zvol with native encryption, its own encryption root, its raw key in a file that only
+    the compute node has."""
+    vm = LabVM(str(uuid.uuid4()), "e%s.lab" % uuid.uuid4().hex[:6], size_mb=size_mb)
+    disk = vm.disk(node.pools[0], 0)
+    key = "/root/vmbackup-test-%s.key" % vm.uuid
+    node.run(["sh", "-c", 'head -c 32 /dev/urandom > "$1"', "sh", key])
+    node.run(["zfs", "create", "-V", "%dM" % size_mb, "-o", "encryption=on", "-o", "keyformat=raw",
+              "-o", "keylocation=file://" + key, "-o", "vmbackup:hostname=" + vm.hostname,
+              "-o", "vmbackup:brand=" + vm.brand, "-o", "vmbackup:state=" + vm.state, disk])
+    node.run(["udevadm", "settle"])
+    node.write_data(disk, "data", data_mb, offset_mb=0)
+    return vm, key
+
+
+def test_an_encrypted_disk_is_backed_up_restored_and_drilled_without_its_key(ozlab):
+    """An encrypted zvol (OpenZFS native encryption) goes raw (zfs send -w), full then incremental, into a dataset
+    and into a file: the backup node never has its key (its copies say keystatus=unavailable, the key file is only
+    on the compute node). The drills prove it without the key (guid, the raw stream's digest from the scratch copy
+    against the source's, a wrong digest refused); a restore sends it back raw, loads the key on the compute node
+    and gives back each backup's data. (zfs-fuse has no encryption.)"""
+    nodes = ozlab
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm, key = new_encrypted_vm(compute, DATA_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    at_first = compute.checksums(disk)
+    first = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="enc", bkpname="enc-20261205_010000")
+    assert first.result["raw"] is True and first.result["incremental"] is False, first
+    compute.write_data(disk, "second", 2)
+    at_second = compute.checksums(disk)
+    second = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="enc", bkpname="enc-20261205_020000")
+    assert second.result["raw"] is True and second.result["base"] == "enc-20261205_010000", second
+    assert any("its key stays on" in m for m in second.messages), second.messages
+    copy = target(nodes, vm)
+    assert manifest(backup, vm, "enc-20261205_010000")["send_flags"] == ["-w"]
+    assert manifest(backup, vm, "enc-20261205_020000")["send_flags"] == ["-w", "-i"]
+    recorded = manifest(backup, vm, "enc-20261205_020000")["encryption"]
+    assert recorded == {"cipher": "aes-256-gcm", "encryption_root": disk, "keyformat": "raw",
+                        "keylocation": "file://" + key}, recorded
+    for name in (copy, copy + "@enc-20261205_020000"):
+        assert backup.zfs("get", "-H", "-o", "value", "keystatus", name).strip() == "unavailable", name
+    assert backup.run(["test", "-e", key], check=False).returncode != 0, "the key is on the backup node"
+
+    drill = ok(nodes, "verify.yml", hostname=vm.hostname, bkpname="enc-20261205_020000")
+    assert drill.result["outcome"] == "passed" and drill.result["digest_kind"] == "raw-stream", drill
+    assert drill.result["digest"] == drill.result["source_digest"], drill
+    assert "without its key" in drill.result["reason"], drill
+    wrong = run(nodes, "verify.yml", hostname=vm.hostname, bkpname="enc-20261205_010000",
+                expected_digest="0" * 64)
+    assert not wrong.ok and wrong.result["outcome"] == "failed", wrong
+    assert "raw stream differs" in wrong.result["reason"], wrong.result["reason"]
+
+    # A file backup of an encrypted disk is a raw stream too: its drill receives it without the key.
+    made = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="encf", bkpname="encf-20261205_030000", type=2,
+              compression="zstd")
+    assert made.result["raw"] is True, made
+    # Its source snapshot went with the backup (a file is the base of nothing): the drill compares the scratch
+    # copy's raw stream with the one the compute node sent, whose digest the manifest recorded.
+    filed = ok(nodes, "verify.yml", hostname=vm.hostname, bkpname="encf-20261205_030000", type=2)
+    assert filed.result["outcome"] == "passed" and filed.result["compared_with"] == ["backup"], filed
+    record = json.loads(backup.run(["cat", made.result["manifest"]]).stdout)
+    assert record["send_flags"] == ["-w"] and record["raw_digest"] == filed.result["digest"], record
+
+    compute.write_data(disk, "after-the-backups", 1)
+    back = ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="enc-20261205_010000",
+              target_hostname=vm.hostname, target_disk_id=1)
+    assert compute.checksums(disk) == at_first
+    values = compute.zfs("get", "-H", "-o", "value", "keystatus,encryptionroot,keylocation", disk).split()
+    assert values == ["available", disk, "file://" + key], values
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="encf-20261205_030000", type=2,
+       target_hostname=vm.hostname, target_disk_id=1)
+    assert compute.checksums(disk) == at_second, back
+    assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-t", "all").split()
+                if vm.uuid in n and n != disk], "a restore left a copy beside the disk"
 
 
 def test_a_cut_transfer_resumes_where_it_stopped(nodes, progress):

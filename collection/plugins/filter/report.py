@@ -54,7 +54,7 @@ SHARED = ("node", "zpool", "compute_node", "bkpdef", "type", "compression", "bwl
 BATCH_ONLY = ("backups", "vmbackup_parallel", "vmbackup_progress_file")
 RECORD_FIELDS = ("name", "define", "hostname", "vm_uuid", "disk_id", "compute_node", "source", "node", "zpool",
                  "type", "created", "size", "time", "target", "file_path", "checksum", "manifest", "incremental",
-                 "base", "kept_aside", "pruned_source", "cmd", "fsfreeze", "retention", "pruned", "kept")
+                 "base", "raw", "kept_aside", "pruned_source", "cmd", "fsfreeze", "retention", "pruned", "kept")
 
 
 def batch_key(vm_uuid: str, disk_id, bkpname: str) -> str:
@@ -264,7 +264,8 @@ def record(item: dict, outcome: dict | None) -> dict:
         "node": item.get("node"), "zpool": item.get("zpool"), "type": item.get("type"), "created": item["created"],
         "size": sent.get("size"), "time": sent.get("time") or 0, "target": sent.get("target"),
         "file_path": sent.get("file_path"), "checksum": sent.get("checksum"), "manifest": sent.get("manifest"),
-        "incremental": sent.get("incremental"), "base": sent.get("base"), "kept_aside": sent.get("kept_aside"),
+        "incremental": sent.get("incremental"), "base": sent.get("base"), "raw": bool(sent.get("raw")),
+        "kept_aside": sent.get("kept_aside"),
         "pruned_source": sent.get("pruned_source") or [], "cmd": sent.get("cmd"), "fsfreeze": fsfreeze,
         "retention": item.get("retention"), "pruned": pruned.get("destroyed") or [], "kept": pruned.get("kept") or [],
     }
@@ -297,6 +298,8 @@ def batch_said(result: dict, check: bool = False) -> list[str]:
                    if one["incremental"] else "a full backup")
             verb = "send" if check else "sent"
             lines.append("%s%s %s to %s:%s as %s" % (would, verb, one["source"], one["node"], one["target"], how))
+            if one["raw"]:
+                lines.append("encrypted disk: %s raw (zfs send -w), its key stays on %s" % (verb, one["compute_node"]))
             if one["kept_aside"]:
                 lines.append("%skeep the broken chain aside as %s" % (would, one["kept_aside"]))
             if check:

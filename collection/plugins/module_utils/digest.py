@@ -2,7 +2,8 @@
 # Copyright (c) 2026, vmbackup developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The content digest of a VM disk's data, by a pipeline of streaming tools (no data through Python).
+"""The content digest of a VM disk's data, by a pipeline of streaming tools (no data through Python), and the
+raw stream digest of an encrypted one (whose data nobody without its key reads: rawstream.py).
 
 A filesystem is read as a tar stream sorted by name, with numeric owners, the GNU format and every mtime
 set to 0, so the same files give the same bytes on the compute node (a snapshot) and on the backup node (a
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils import rawstream, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import Pipeline
 
 TAR_OPTIONS = ["--sort=name", "--format=gnu", "--numeric-owner", "--mtime=@0", "--one-file-system"]
@@ -64,6 +65,13 @@ def pipeline(reader: list[str], bwlimit: int) -> Pipeline:
     label = "tar" if reader[0] in ("tar", "gtar") else reader[0]
     return (Pipeline().add(reader, label).add(stream.meter_stage(bwlimit), "meter")
             .add(stream.checksum_stage(), "sha256"))
+
+
+def raw_pipeline(snapshot: str, bwlimit: int) -> Pipeline:
+    """zfs send -w | meter | raw stream digest: what an encrypted snapshot is, read without its key (rawstream.py);
+    the same wherever the snapshot was sent from."""
+    return (Pipeline().add(["zfs", "send", "-w", snapshot], "zfs send").add(stream.meter_stage(bwlimit), "meter")
+            .add(rawstream.stage(), "raw digest"))
 
 
 def digest_of(ran: Pipeline) -> str:

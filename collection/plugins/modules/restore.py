@@ -200,6 +200,20 @@ checksum_verified:
   returned: always
   type: bool
   sample: true
+raw:
+  description:
+    - Whether the backup is a raw stream of an encrypted disk (native ZFS encryption). It is sent back raw; the copy
+      gets the disk's key on the target node (C(zfs load-key), from the C(keylocation) of the old disk's encryption
+      root) before the swap, and inherits it again where the old disk did. A target that is not encrypted, or whose
+      key is entered at a prompt, is refused before any data moves.
+  returned: always
+  type: bool
+  sample: false
+key_loaded_from:
+  description: Where the restored copy's key was loaded from (the C(keylocation) of the old disk's encryption root).
+  returned: always
+  type: str
+  sample: file:///etc/zfs/keys/zones.key
 properties:
   description: The properties of the old disk set on the new one.
   returned: always
@@ -235,6 +249,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, listing, manifest, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_host, check_names
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.encryption import RAW_FLAG, encryption_of, is_raw
 from ansible_collections.vmbackup.zfs.plugins.module_utils.hypervisor import StateUnknown, vm_state
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
@@ -271,12 +286,15 @@ class Restore(Transfer):
         self.incoming = layout.restore_incoming_name(self.disk, stamp)
         self.result.update(backup=p["backup"], type=self.kind, target=self.disk, source=None, file_path=None,
                            kept_aside=None, checksum_verified=False, properties={}, dropped_snapshots=[],
+                           raw=False, key_loaded_from=None,
                            diff={"before": None, "after": None})
         # What this run did to the target, so that a failure can undo exactly that.
         self._old_guid: str | None = None
         self._old_type: str | None = None
         self._was_mounted = False
         self._swapping = False  # from the first rename of the swap on, the old disk may be aside
+        self._encryption = None  # the old disk's native encryption: the restored copy gets its key the same way
+        self._raw = False  # the backup is a raw stream of an encrypted disk
 
     # -- checks (nothing changes) ---------------------------------------------------------------
     def check_target(self) -> None:
@@ -288,6 +306,7 @@ class Restore(Transfer):
         values = disk.properties(["guid", "type", "mounted"])
         self._old_guid, self._was_mounted = values["guid"], values.get("mounted") == "yes"
         self._old_type = values["type"]
+        self._encryption = encryption_of(self.target, self.disk)
         children = disk.children()
         if children:
             # They would be renamed aside with it and destroyed with the old copy (an OS zone's delegated dataset).
@@ -339,8 +358,43 @@ class Restore(Transfer):
         if self.local.get_one(dataset, "type") != self._old_type:
             raise RestoreFailed("backup: %s is a %s, the target %s a %s" % (
                 snapshot, self.local.get_one(dataset, "type"), self.disk, self._old_type))
-        return ["zfs", "send"] + self.stream_flags(self.local, self.target) + [snapshot], \
-            int(self.local.get_one(snapshot, "referenced"))
+        self.check_key(encryption_of(self.local, snapshot) is not None)
+        flags = [RAW_FLAG] if self._raw else self.stream_flags(self.local, self.target)
+        return ["zfs", "send"] + flags + [snapshot], int(self.local.get_one(snapshot, "referenced"))
+
+    def check_key(self, raw: bool) -> None:
+        """A raw backup (of an encrypted disk) goes back raw, and the restored copy needs the disk's key on the
+        target node: refuse, before any data moves, what could not end with the key loaded."""
+        self._raw = raw
+        self.result["raw"] = raw
+        if not raw:
+            return
+        if not self.target.features.send_raw:
+            raise RestoreFailed("backup: %s is a raw stream of an encrypted disk; the ZFS of %s (%s) cannot receive it"
+                                % (self.p["backup"], self.target.name, self.target.features.implementation))
+        if self._encryption is None:
+            raise RestoreFailed("target: %s is not encrypted, the backup %s is a raw stream of an encrypted disk: "
+                                "its copy would need a key the target does not have; restore onto an encrypted "
+                                "disk whose encryption root has the key" % (self.disk, self.p["backup"]))
+        if self._encryption.keylocation in ("prompt", "none", "-"):
+            raise RestoreFailed("target: the key of %s is entered at a prompt (keylocation=%s of %s): vmbackup cannot "
+                                "load it into the restored copy; set keylocation to a file or URL, or restore by hand "
+                                "with zfs send -w | zfs receive and zfs load-key" % (
+                                    self.disk, self._encryption.keylocation, self._encryption.root))
+
+    def unlock(self, incoming: Dataset) -> None:
+        """A raw copy arrives as an encryption root of its own, its key not loaded: load the disk's key into it
+        (from where the old disk's encryption root reads it), and where the old disk inherited its key from a
+        parent, make the copy inherit it again."""
+        enc = self._encryption
+        own_root = enc.root == self.disk
+        if own_root:
+            self.target.set(incoming.name, {"keylocation": enc.keylocation})
+            self.target.zfs("load-key", incoming.name)
+        else:
+            self.target.zfs("load-key", "-L", enc.keylocation, incoming.name)
+            self.target.zfs("change-key", "-i", incoming.name)
+        self.result["key_loaded_from"] = enc.keylocation
 
     def file_source(self) -> tuple[list[str], int | None]:
         """The decompression of the backup file, once its checksum matches its manifest."""
@@ -374,6 +428,7 @@ class Restore(Transfer):
             raise RestoreFailed("%s is damaged: its sha256 is %s, its manifest says %s; nothing was changed"
                                 % (path, checksum, record["checksum"]), checksum=checksum)
         self.result["checksum_verified"] = True
+        self.check_key(is_raw(record.get("send_flags")))
         decompress = stream.decompress_stage(compression)
         argv = decompress + [path] if decompress else ["cat", path]
         stream_size = record.get("stream_size")
@@ -404,6 +459,8 @@ class Restore(Transfer):
         self.transfer(pipeline, total)  # the long part: the disk is untouched while it runs
         for snap in incoming.snapshots():
             Dataset(self.target, snap.full).destroy()  # the one that came with the stream
+        if self._raw:
+            self.unlock(incoming)
         new = incoming.properties(["type", "volsize", "volblocksize", "guid"])
         self.result["diff"]["after"]["guid"] = new.get("guid")
         if new["type"] != self._old_type:

@@ -242,6 +242,13 @@ resumed:
   returned: always
   type: dict
   sample: {"transfers": [{"snapshot": "daily-20261128_040000", "bytes": 134217728}], "aborted": null}
+raw:
+  description:
+    - Whether the disk is encrypted (native ZFS encryption) and went raw (C(zfs send -w)), its blocks encrypted as
+      they are on disk; the backup node never has its key (the manifest's C(encryption) says how it is encrypted).
+  returned: always
+  type: bool
+  sample: false
 resume_token_left:
   description: On failure, whether the cut transfer left a resume token on this node for a later run.
   returned: failure
@@ -283,7 +290,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, receive, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout, manifest, rawstream, receive, stream
+from ansible_collections.vmbackup.zfs.plugins.module_utils.backup_source import file_reader
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
     check_host,
     check_label,
@@ -291,6 +299,7 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
     check_path,
 )
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot, move_hold
+from ansible_collections.vmbackup.zfs.plugins.module_utils.encryption import RAW_FLAG, encryption_of
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -326,6 +335,7 @@ class Backup(Transfer):
         self.created = utc_now()
         self.result.update(backup=self.name, type=self.kind, source=self.snapshot, target=None, incremental=False,
                            base=None, file_path=None, checksum=None, kept_aside=None, held=[], pruned_source=[],
+                           raw=False,
                            bookmark=None, base_bookmark=False, resumed={"transfers": [], "aborted": None},
                            diff={"before": {"backups": []}, "after": {"backups": []}})
         # What this run made, so that a failure can undo exactly that.
@@ -335,6 +345,7 @@ class Backup(Transfer):
         self._part: str | None = None
         self._kind: str | None = None  # the source disk's type, once asked
         self._base_is_bookmark = False  # the incremental starts from a bookmark of the base (its snapshot gone)
+        self._encryption: object = False  # the source disk's Encryption or None, once asked
 
     # -- shared steps ---------------------------------------------------------------------------
     def source_snapshot(self):
@@ -362,11 +373,25 @@ class Backup(Transfer):
         self._kind = kind
         return kind
 
+    def encryption(self):
+        """The source disk's native encryption (asked once), or None. An encrypted disk is sent raw, and only to a
+        backup node whose ZFS receives raw streams: a plain send would decrypt it on the way."""
+        if self._encryption is False:
+            self._encryption = encryption_of(self.source, self.p["source"])
+            if self._encryption and not self.local.features.send_raw:
+                raise SendFailed("source: %s is encrypted (%s) and the ZFS of this backup node (%s) cannot receive "
+                                 "a raw stream (zfs send -w); a plain one would carry the data decrypted: back it "
+                                 "up to a node with OpenZFS 0.8 or newer" % (
+                                     self.p["source"], self._encryption.cipher, self.local.features.implementation))
+        return self._encryption
+
     def send_flags(self, base: str | None) -> list[str]:
-        """The flags of this backup's `zfs send` (recorded in its manifest, so a restore knows the stream); an
-        incremental starts from the base snapshot, or from its bookmark once the snapshot is gone."""
+        """The flags of this backup's `zfs send` (recorded in its manifest, so a restore knows the stream): an
+        encrypted disk goes raw (-w: its blocks as they are on disk, encrypted and compressed); an incremental
+        starts from the base snapshot, or from its bookmark once the snapshot is gone."""
         start = ("#" if self._base_is_bookmark else "@") + base if base else None
-        return self.stream_flags(self.source, self.local) + (["-i", start] if start else [])
+        flags = [RAW_FLAG] if self.encryption() else self.stream_flags(self.source, self.local)
+        return flags + (["-i", start] if start else [])
 
     def send_argv(self, base: str | None) -> list[str]:
         return self.source.argv(["zfs", "send"] + self.send_flags(base) + [self.snapshot])
@@ -397,6 +422,7 @@ class Backup(Transfer):
             "source": {"node": self.source.name, "dataset": self.p["source"], "snapshot": self.p["snapshot"],
                        "guid": snap.guid, "type": self._kind},
             "zfs": {"source": self.source.features.implementation, "backup": self.local.features.implementation},
+            "encryption": self.encryption().record() if self.encryption() else None,
             "vm": self.p["manifest"],
         }
         data.update(extra)
@@ -596,14 +622,19 @@ class Backup(Transfer):
             source_guids = {s.guid for s in snaps}
             common_snaps = [r for r in received if r.guid in source_guids]
             marks = self.source_bookmarks() if received else {}
-            if common_snaps and common_snaps[-1].guid == received[-1].guid:
+            # A raw incremental lands only on a raw copy: backups made plain (before the disk was sent raw) stay
+            # aside, and a new chain starts.
+            chain_fits = bool(self.encryption()) == bool(encryption_of(self.local, target))
+            if not chain_fits:
+                aside = "%s-aside-%s" % (target, self.created[:19].replace(":", "").replace("-", ""))
+            elif common_snaps and common_snaps[-1].guid == received[-1].guid:
                 base = common_snaps[-1].name
             elif received and received[-1].guid in marks:  # the base snapshot is gone, its bookmark is not
                 base, self._base_is_bookmark = marks[received[-1].guid], True
             else:
                 aside = "%s-aside-%s" % (target, self.created[:19].replace(":", "").replace("-", ""))
         self.result.update(incremental=base is not None, base=base, kept_aside=aside,
-                           base_bookmark=self._base_is_bookmark)
+                           base_bookmark=self._base_is_bookmark, raw=bool(self.encryption()))
         before = self.result["diff"]["before"]["backups"]
         self.diff(before, ([] if aside else before) + [self.p["snapshot"]])
 
@@ -682,6 +713,7 @@ class Backup(Transfer):
             return
 
         self.diff(before, sorted(set(before) | {self.name}))
+        self.result["raw"] = bool(self.encryption())  # a raw stream in the file: the key stays on the source
         part = "%s%s%d" % (path, manifest.PART_MARK, os.getpid())
         pipeline = Pipeline().add(self.send_argv(None), "zfs send")
         # Always counted: the manifest's stream_size is what a restore later reports progress against.
@@ -708,16 +740,24 @@ class Backup(Transfer):
         size = os.path.getsize(path)
         self.result.update(size=size, time=round(pipeline.seconds, 3), checksum=checksum)
         try:
+            raw_digest = self.raw_digest_of(path) if self.encryption() else None
             manifest.write_json_atomic(layout.file_manifest_path(path), self.record(snap, {
                 "target": {"file": path}, "incremental": False, "base": None, "size": size,
                 "time": self.result["time"], "compression": compression, "checksum": checksum,
                 "checksum_algorithm": "sha256", "send_flags": self.send_flags(None),
-                "stream_size": stream.metered_bytes(pipeline.stage("meter"))}))
-        except OSError:
+                "stream_size": stream.metered_bytes(pipeline.stage("meter")), "raw_digest": raw_digest}))
+        except (OSError, SendFailed):
             os.unlink(path)
             raise
         self.result["manifest"] = layout.file_manifest_path(path)
         self.mark_and_prune_source(snap, snaps)
+
+    def raw_digest_of(self, path: str) -> str:
+        """The digest of the raw stream in a file backup of an encrypted disk (rawstream.py), read back from the
+        file: what the compute node sent, which a drill compares its scratch copy with (no key needed)."""
+        reading = Pipeline().add(file_reader(path), "read").add(rawstream.stage(), "raw digest")
+        stream.run_stream(reading, None, None, SendFailed, capture=True)
+        return reading.stdout.decode().split()[0]
 
     # -- failure --------------------------------------------------------------------------------
     def diff(self, before: list[str], after: list[str]) -> None:

@@ -24,6 +24,8 @@ description:
     it still exists, computed there by this module with I(mode=digest)), and with I(expected_digest), the digest
     recorded at the backup's last good verification. The guid of the backup (its snapshot, or the snapshot its
     file holds) must be the guid its manifest recorded and I(source_guid).
+  - An encrypted disk (native ZFS encryption; its backups are raw streams) is proven without its key, which the
+    backup node never has, by the digest of its raw stream instead of its content (C(digest_kind)).
   - With I(mode=digest) (on the compute node) the module only computes the digest and guid of C(source@backup),
     read from C(.zfs/snapshot) where the node has it, else from a read-only clone destroyed at the end; it
     reports C(found=false) when the snapshot is gone (the compute node keeps only the newest one).
@@ -206,6 +208,15 @@ digest:
   returned: always
   type: str
   sample: 7c211433f02071597741e6ff5a8ea34789abbf43ddc5d4e4c8ab3f9f3cb8d2e1
+digest_kind:
+  description:
+    - C(content), the sha256 of the data read back; or C(raw-stream) for an encrypted disk, whose backup node has no
+      key: the sha256 of its raw stream (C(zfs send -w)) with the snapshot's name and the stream's running checksums
+      left out, the same sent from the compute node or from the drill's scratch copy. The scratch copy was received
+      raw, without the key; the guid is compared as for any backup.
+  returned: always
+  type: str
+  sample: content
 source_digest:
   description: The source snapshot's digest the drill compared with, or null.
   returned: always
@@ -217,7 +228,9 @@ expected_digest:
   type: str
   sample: null
 compared_with:
-  description: What the content was compared with, C(source) and/or C(expected).
+  description:
+    - What the content was compared with, C(source) and/or C(expected); for a file backup of an encrypted disk also
+      C(backup), the raw stream's digest recorded in its manifest when the compute node sent it.
   returned: always
   type: list
   elements: str
@@ -261,6 +274,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmbackup.zfs.plugins.module_utils import backup_source, digest, layout, receive, stream
 from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import check_label, check_names, check_path
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
+from ansible_collections.vmbackup.zfs.plugins.module_utils.encryption import RAW_FLAG, encryption_of, is_raw
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -292,13 +306,27 @@ class Drill(Transfer):
         super().__init__(module, "source")
         self.started = time.monotonic()
         self.scratch: Scratch | None = None
+        self.raw = False  # the backup is a raw stream of an encrypted disk: its scratch copy has no key
         self.result.update(ok=False, outcome=None, reason=None, backup=self.p["backup"], type=self.kind,
                            source=None, file_path=None, checksum_verified=False, found=False, snapshot=None,
                            guid=None, source_guid=self.p["source_guid"], digest=None,
                            source_digest=self.p["source_digest"], expected_digest=self.p["expected_digest"],
-                           compared_with=[], scratch=None, duration=0.0, digest_cmd="")
+                           compared_with=[], scratch=None, duration=0.0, digest_cmd="", digest_kind="content")
 
     # -- the digest of data on this node --------------------------------------------------------
+    def raw_digest(self, snapshot: str) -> str:
+        """The digest of an encrypted snapshot's raw stream (no key needed); the bytes read are `size`."""
+        self.result["digest_kind"] = "raw-stream"
+        hashing = digest.raw_pipeline(snapshot, self.p["bwlimit"])
+        self.result["digest_cmd"] = str(hashing)
+        if self.module.check_mode:
+            return ""
+        try:
+            ran = stream.run_stream(hashing, None, None, VerifyFailed, capture=True)
+        except VerifyFailed as err:
+            raise VerifyFailed("raw stream digest failed: %s" % str(err).split(": ", 1)[-1]) from err.__cause__
+        return digest.digest_of(ran)
+
     def digest(self, kind: str, where: str) -> str:
         """Hash a mounted filesystem or a volume's device; the bytes read are `size`."""
         reader = digest.volume_reader(where) if kind == "volume" else digest.filesystem_reader(where)
@@ -321,6 +349,11 @@ class Drill(Transfer):
         values = self.local.get([snapshot, disk], ["guid", "type", "mountpoint", "mounted"])
         kind = values[disk]["type"]
         self.result.update(found=True, guid=values[snapshot]["guid"])
+        if encryption_of(self.local, disk):  # its backups are raw streams: so is what they are compared with
+            self.result["digest"] = self.raw_digest(snapshot)
+            self.result.update(ok=True, cmd=self.result["digest_cmd"],
+                               msg="%s: raw stream sha256 %s" % (snapshot, self.result["digest"]))
+            return
         where = None
         if kind == "filesystem" and values[disk].get("mounted") == "yes":
             where = os.path.join(values[disk]["mountpoint"], ".zfs", "snapshot", self.p["backup"])
@@ -354,10 +387,13 @@ class Drill(Transfer):
             snapshot = backup_source.dataset_snapshot(self.local, p["zpool"], vm_uuid, p["disk"], p["backup"])
             self.result.update(source=snapshot, guid=self.local.get_one(snapshot, "guid"))
             record = backup_source.dataset_manifest(self.local, p["zpool"], vm_uuid, p["disk"], p["backup"])
-            return ["zfs", "send", snapshot], int(self.local.get_one(snapshot, "referenced")), record
+            self.raw = encryption_of(self.local, snapshot) is not None
+            return ["zfs", "send"] + ([RAW_FLAG] if self.raw else []) + [snapshot], \
+                int(self.local.get_one(snapshot, "referenced")), record
         path = backup_source.backup_file(self.local, p["zpool"], vm_uuid, p["disk"], p["backup"], p["file_path"])
         self.result.update(source=path, file_path=path)
         record = backup_source.file_manifest(path, p["backup"])
+        self.raw = is_raw(record.get("send_flags"))
         if not self.module.check_mode:
             backup_source.check_file(path, record)
             self.result["checksum_verified"] = True
@@ -391,7 +427,8 @@ class Drill(Transfer):
             volume = kind == "volume"
             reader = digest.volume_reader(digest.volume_device(self.scratch.name)) if volume \
                 else digest.filesystem_reader("<mountpoint of %s>" % self.scratch.name)
-            self.result["digest_cmd"] = str(digest.pipeline(reader, p["bwlimit"]))
+            self.result["digest_cmd"] = str(digest.raw_pipeline(self.scratch.name + "@" + p["backup"], p["bwlimit"])
+                                            if self.raw else digest.pipeline(reader, p["bwlimit"]))
             self.result["msg"] = "would receive %s into %s, hash it and compare, then destroy it" % (
                 self.result["source"], self.scratch.name)
             self.scratch = None
@@ -408,13 +445,20 @@ class Drill(Transfer):
         self.result["size"] = stream.metered_bytes(pipeline.stage("meter"))
         received = self.scratch.snapshots()
         self.result["guid"] = received[-1].guid if received else self.result["guid"]
-        kind, where = self.scratch.readable()
-        self.result["digest"] = self.digest(kind, where)
+        if self.raw:  # no key here: what it is, is its raw stream, sent again from the scratch copy
+            if not received:
+                raise VerifyFailed("%s: the raw stream left no snapshot in %s"
+                                   % (self.result["source"], self.scratch.name))
+            self.result["digest"] = self.raw_digest(received[-1].full)
+        else:
+            kind, where = self.scratch.readable()
+            self.result["digest"] = self.digest(kind, where)
         self.judge(record or {})
 
     def judge(self, record: dict) -> None:
         """Compare the guid and the digest with what they must be; set outcome and reason."""
         p, problems, digest_now = self.p, [], self.result["digest"]
+        what = "raw stream" if self.raw else "content"
         source = p["source_snapshot"] or "%s@%s" % (layout.disk_leaf(p["vm_uuid"].lower(), p["disk"]), p["backup"])
         on = " on %s" % p["source_node"] if p["source_node"] else ""
         recorded = (record.get("source") or {}).get("guid")
@@ -427,22 +471,30 @@ class Drill(Transfer):
         if p["source_digest"]:
             self.result["compared_with"].append("source")
             if p["source_digest"] != digest_now:
-                problems.append("content differs from the source snapshot %s%s: the restored data's sha256 is %s, "
-                                "the source's %s" % (source, on, digest_now, p["source_digest"]))
+                problems.append("%s differs from the source snapshot %s%s: the restored data's sha256 is %s, "
+                                "the source's %s" % (what, source, on, digest_now, p["source_digest"]))
+        if self.raw and record.get("raw_digest"):  # a file backup: the raw stream as the compute node sent it
+            self.result["compared_with"].append("backup")
+            if record["raw_digest"] != digest_now:
+                problems.append("raw stream differs from the one the compute node sent (its digest in the manifest, "
+                                "%s): the restored data's is %s" % (record["raw_digest"], digest_now))
         if p["expected_digest"]:
             self.result["compared_with"].append("expected")
             if p["expected_digest"] != digest_now:
-                problems.append("content differs from the digest recorded at its last good verification: the "
-                                "restored data's sha256 is %s, expected %s" % (digest_now, p["expected_digest"]))
+                problems.append("%s differs from the digest recorded at its last good verification: the "
+                                "restored data's sha256 is %s, expected %s" % (what, digest_now, p["expected_digest"]))
         if not self.result["compared_with"]:
             problems.append("nothing to compare the content with: no source snapshot %s%s and no expected_digest "
                             "(the restored data's sha256 is %s)" % (source, on, digest_now))
         if problems:
             raise VerifyFailed("; ".join(problems))
-        self.result.update(ok=True, outcome="passed", reason="restored into scratch; content sha256 %s matches %s" % (
-            digest_now, " and ".join({"source": "the source snapshot %s%s" % (source, on),
-                                      "expected": "the digest of its last good verification"}[c]
-                                     for c in self.result["compared_with"])))
+        how = "restored into scratch without its key (encrypted, received raw); raw stream" if self.raw \
+            else "restored into scratch; content"
+        names = {"source": "the source snapshot %s%s" % (source, on),
+                 "backup": "the stream the compute node sent (recorded at backup time)",
+                 "expected": "the digest of its last good verification"}
+        self.result.update(ok=True, outcome="passed", reason="%s sha256 %s matches %s" % (
+            how, digest_now, " and ".join(names[c] for c in self.result["compared_with"])))
         self.result["msg"] = "verified %s: %s" % (p["backup"], self.result["reason"])
 
     # -- cleanup --------------------------------------------------------------------------------
