@@ -94,12 +94,17 @@ def test_definition_create_read_update_delete(env):
     client, vm = env.client(), env.vms["b"]
     created = define(client, vm, "nightly", disk_id="1", active="false", bwlimit="1000000", desc="night run")
     assert created["active"] is False and created["bwlimit"] == 1000000 and created["hostname"] == vm.hostname
+    assert created["keep_snapshot"] is True  # the extension's default: the compute node keeps the base
     assert client.post("vm/%s/define/backup/nightly" % vm.hostname, node="tb", schedule="0 4 * * *",
                        retention=3).status == 406
     path = "vm/%s/define/backup/nightly" % vm.hostname
     assert client.get(path).result["desc"] == "night run"
     updated = client.put(path, retention="7", active="true")
     assert updated.status == 200 and updated.result["retention"] == 7 and updated.result["active"] is True
+    assert client.put(path, keep_snapshot="false").result["keep_snapshot"] is False
+    assert client.get(path).result["keep_snapshot"] is False and client.get(path).result["retention"] == 7
+    bad = client.put(path, keep_snapshot="sometimes")
+    assert bad.status == 400 and set(bad.result) == {"keep_snapshot"}, bad.body
     assert client.put(path, type=2).status == 400  # the type stays
     assert client.get("vm/%s/define/backup" % vm.hostname).result == ["nightly"]
     extended = client.get("vm/%s/define/backup" % vm.hostname, extended="true").result

@@ -154,6 +154,34 @@ def test_the_base_of_the_next_incremental_is_held_on_both_sides(nodes):
     assert not [n for n in compute.zfs("list", "-H", "-o", "name", "-r", compute.pools[0]).split() if "-restore-" in n]
 
 
+def test_the_compute_node_keeps_only_a_bookmark_between_backups(nodes):
+    """keep_snapshot=false: on OpenZFS the snapshot just sent is destroyed once bookmarked, so the compute node
+    holds no snapshot of the disk between backups, and each next backup is incremental from the bookmark; the
+    backups restore. zfs-fuse has no bookmarks: the snapshot stays as the base, and the run says why."""
+    compute, backup = nodes.node("compute"), nodes.node("backup")
+    vm = new_vm(compute, 2, SIZE_MB)
+    disk = vm.disk(compute.pools[0], 0)
+    first = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="lean", bkpname="lean-20261205_010000",
+               keep_snapshot=False)
+    if implementation(compute) == "zfs-fuse":
+        assert snapshots(compute, disk) == ["lean-20261205_010000"], first
+        return
+    assert snapshots(compute, disk) == [] and first.result["pruned_source"] == [disk + "@lean-20261205_010000"]
+    assert compute.zfs("list", "-H", "-o", "name", "-t", "bookmark", disk).split() == [disk + "#lean-20261205_010000"]
+    compute.write_data(disk, "second", 1)
+    at_second = compute.checksums(disk)
+    second = ok(nodes, "backup.yml", hostname=vm.hostname, bkpdef="lean", bkpname="lean-20261205_020000",
+                keep_snapshot=False)
+    assert second.result["incremental"] is True and second.result["base"] == "lean-20261205_010000", second
+    assert manifest(backup, vm, "lean-20261205_020000")["base_bookmark"] is True
+    assert snapshots(compute, disk) == []
+    assert snapshots(backup, target(nodes, vm)) == ["lean-20261205_010000", "lean-20261205_020000"]
+    compute.write_data(disk, "after", 1)
+    ok(nodes, "restore.yml", hostname=vm.hostname, bkpname="lean-20261205_020000", target_hostname=vm.hostname,
+       target_disk_id=1)
+    assert compute.checksums(disk) == at_second
+
+
 def test_each_node_says_which_zfs_features_it_has(nodes):
     """vm_info and backup_info report what the node's own `zfs` says it takes (its usage), never guessed from
     its name: every feature vmbackup uses on OpenZFS 2.3, none on zfs-fuse 0.7. What each run exercised."""

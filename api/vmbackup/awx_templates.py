@@ -129,6 +129,8 @@ BACKUP_VARIABLES = (
     Variable("compute_node", "str", description="The compute node that holds the VM (found when not given)."),
     Variable("bkpname", "str", description="The backup's name (the API names it; default <bkpdef>-<UTC time>)."),
     Variable("fsfreeze", "bool", description="Freeze the guest's filesystems around the snapshot."),
+    Variable("keep_snapshot", "bool", description="Keep the sent snapshot on the compute node (true); false keeps "
+             "only a bookmark where its ZFS has them."),
     Variable("qga_socket", "str", description="The guest agent socket (found when not given)."),
     Variable("protect", "list", description="Backup names retention must not delete."),
 )
@@ -141,10 +143,11 @@ TEMPLATES: tuple[Template, ...] = (
                  Variable("node", "str", True, description="The backup node every backup of the batch goes to."),
                  Variable("backups", "dict-list", True, description="The backups: each a dict of the backup "
                           "template's variables (an item that lacks node, zpool, compute_node, bkpdef, type, "
-                          "compression, bwlimit, retention, fsfreeze or protect takes the top-level one)."),
+                          "compression, bwlimit, retention, fsfreeze, keep_snapshot or protect takes the top-level "
+                          "one)."),
                  *[Variable(v.name, v.kind, description=v.description) for v in BACKUP_VARIABLES
                    if v.name in ("zpool", "compute_node", "bkpdef", "type", "compression", "bwlimit", "retention",
-                                 "fsfreeze", "protect")],
+                                 "fsfreeze", "keep_snapshot", "protect")],
                  Variable("vmbackup_parallel", "int", description="How many compute nodes work at once (4)."))),
     Template("restore.yml", "vmbackup: restore a backup", "playbooks/restore.yml", "Restore a backup",
              "Restore a backup into a VM disk; the target VM must be stopped. The target disk is replaced.", (

@@ -16,7 +16,9 @@ DEFINITION_DATA = [
     ("schedule", "data", S, True, "Cron schedule in UTC"), ("retention", "data", INT, True, "Backups to keep"),
     ("active", "data", B, False, "Schedule enabled (true)"), ("compression", "data", INT, False, "0-3 (0)"),
     ("bwlimit", "data", INT, False, "Bytes per second (null: unlimited)"), ("desc", "data", S, False, "Description"),
-    ("fsfreeze", "data", B, False, "Freeze guest filesystems (false)")]
+    ("fsfreeze", "data", B, False, "Freeze guest filesystems (false)"),
+    ("keep_snapshot", "data", B, False, "Keep the sent snapshot on the compute node between backups (true); false "
+     "keeps only a bookmark where its ZFS has bookmarks (extension)")]
 LIST = [("full", "data", B, False, "Objects instead of names"), ("order_by", "data", S, False, "Sort fields")]
 
 # path, method, summary, parameters, {status: description}

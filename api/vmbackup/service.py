@@ -163,6 +163,7 @@ class Service:
     # -- definitions ----------------------------------------------------------------------------
     def definition_view(self, definition: dict, extended: bool) -> dict:
         view = {k: definition.get(k) for k in DEFINITION_FIELDS}
+        view["keep_snapshot"] = definition.get("keep_snapshot", True)  # additive; records older than it keep
         # Additive: when a drill last proved a backup of this definition restorable, and how long ago.
         view["verified"] = definition.get("verified")
         view["verified_age"] = int((now() - parse(view["verified"])).total_seconds()) if view["verified"] else None
@@ -236,6 +237,7 @@ class Service:
             "bwlimit": fields.integer("bwlimit", None, low=0, nullable=True) or None,
             "desc": fields.string("desc", "", max_length=128),
             "fsfreeze": fields.boolean("fsfreeze", False),
+            "keep_snapshot": fields.boolean("keep_snapshot", True),
             "created": iso(now()),
         }
         definition["last_due"] = definition["created"]  # the scheduler's first run is the next due time
@@ -299,6 +301,7 @@ class Service:
             "node": fields.string("node", definition["node"]),
             "zpool": fields.string("zpool", definition["zpool"]),
             "fsfreeze": fields.boolean("fsfreeze", definition["fsfreeze"]),
+            "keep_snapshot": fields.boolean("keep_snapshot", definition.get("keep_snapshot", True)),
         }
         updated = dict(definition, **changes)
         if updated["schedule"] != definition["schedule"]:
@@ -431,7 +434,8 @@ class Service:
                 "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpdef": bkpdef, "bkpname": name,
                 "zpool": definition["zpool"], "type": definition["type"],
                 "compression": str(definition["compression"]), "bwlimit": definition["bwlimit"] or 0,
-                "fsfreeze": definition["fsfreeze"], "retention": definition["retention"], "protect": protect}
+                "fsfreeze": definition["fsfreeze"], "keep_snapshot": definition.get("keep_snapshot", True),
+                "retention": definition["retention"], "protect": protect}
         return {"vm_uuid": vm["uuid"], "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpname": name,
                 "define": bkpdef, "node": definition["node"], "record": record, "item": item}
 

@@ -48,9 +48,9 @@ _value:
 # The variables of one backup, their defaults, and those that the top-level variables give every item
 # of a batch that does not say (the definition's words; a VM, disk, name or file is each item's own).
 DEFAULTS = {"disk_id": 1, "type": 1, "compression": "0", "bwlimit": 0, "retention": 0, "fsfreeze": False,
-            "protect": []}
+            "keep_snapshot": True, "protect": []}
 SHARED = ("node", "zpool", "compute_node", "bkpdef", "type", "compression", "bwlimit", "retention", "fsfreeze",
-          "protect")
+          "keep_snapshot", "protect")
 BATCH_ONLY = ("backups", "vmbackup_parallel", "vmbackup_progress_file")
 RECORD_FIELDS = ("name", "define", "hostname", "vm_uuid", "disk_id", "compute_node", "source", "node", "zpool",
                  "type", "created", "size", "time", "target", "file_path", "checksum", "manifest", "incremental",

@@ -122,7 +122,7 @@ def stage() -> list[str]:
 
 def main() -> None:
     try:
-        print(digest(sys.stdin.buffer))
+        sys.stdout.write(digest(sys.stdin.buffer) + "\n")
     except StreamError as err:
         sys.stderr.write("raw stream digest: %s\n" % err)
-        sys.exit(1)
+        raise SystemExit(1) from err

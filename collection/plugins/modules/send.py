@@ -124,6 +124,15 @@ options:
     description: Seconds between two resume attempts in the same run.
     type: int
     default: 10
+  keep_source_snapshot:
+    description:
+      - After a successful dataset backup, keep the snapshot just sent on the source as the base of the next
+        incremental (held, tag C(vmbackup)). With C(false), where the source's ZFS has bookmarks (OpenZFS,
+        illumos), the snapshot is destroyed once bookmarked and the next incremental starts from the bookmark;
+        the compute node keeps no snapshot between backups, so no block the VM overwrites stays allocated for
+        them. Where it has no bookmarks (zfs-fuse) the snapshot is kept all the same, with a warning.
+    type: bool
+    default: true
   target_id:
     description:
       - Names this target on the source's snapshots (C(vmbackup:target)); defaults to
@@ -499,6 +508,23 @@ class Backup(Transfer):
         except ZfsError as err:
             self.module.warn("backup made, but the source snapshot is not bookmarked: %s" % err)
 
+    def keep_only_bookmark(self, snap) -> None:
+        """keep_source_snapshot=false: once the sent snapshot is bookmarked, destroy it (and its hold) on the source;
+        the next incremental starts from the bookmark, and the disk keeps no snapshot between backups (no blocks
+        the VM overwrote since stay allocated). Without a bookmark the snapshot is the only base: it stays."""
+        if not self.result["bookmark"]:
+            self.module.warn("keep_source_snapshot=false: %s stays, as the base of the next incremental, because "
+                             "%s has no bookmark of it (its ZFS, %s, has %s)" % (
+                                 snap.full, self.source.name, self.source.features.implementation,
+                                 "bookmarks" if self.source.features.bookmarks else "no bookmarks"))
+            return
+        try:
+            Dataset(self.source, snap.full).destroy()
+            self.result["pruned_source"].append(snap.full)
+            self.result["held"] = [name for name in self.result["held"] if name != snap.full]
+        except ZfsError as err:
+            self.module.warn("backup made and bookmarked, but %s was not destroyed: %s" % (snap.full, err))
+
     def left_by_failed_run(self, old) -> bool:
         """An older snapshot of this definition that went nowhere: a run failed before it could drop it
         (the compute node was unreachable, or its ZFS down, when that run cleaned up)."""
@@ -685,6 +711,8 @@ class Backup(Transfer):
         self.hold_base(snap, snaps, target, received)
         self.bookmark_sent(snap)
         self.mark_and_prune_source(snap, snaps)
+        if not self.p["keep_source_snapshot"]:
+            self.keep_only_bookmark(snap)
         self._made_dataset = self._made_snapshot = self._aside = None  # committed
 
     # -- file backups ---------------------------------------------------------------------------
@@ -830,6 +858,7 @@ def main() -> None:
         "progress_file": {"type": "path"},
         "resume_attempts": {"type": "int", "default": 2},
         "resume_delay": {"type": "int", "default": 10},
+        "keep_source_snapshot": {"type": "bool", "default": True},
     }
     spec.update(node_argument_spec("source"))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)

@@ -211,7 +211,7 @@ digest:
 digest_kind:
   description:
     - C(content), the sha256 of the data read back; or C(raw-stream) for an encrypted disk, whose backup node has no
-      key: the sha256 of its raw stream (C(zfs send -w)) with the snapshot's name and the stream's running checksums
+      key, the sha256 of its raw stream (C(zfs send -w)) with the snapshot's name and the stream's running checksums
       left out, the same sent from the compute node or from the drill's scratch copy. The scratch copy was received
       raw, without the key; the guid is compared as for any backup.
   returned: always
