@@ -309,6 +309,7 @@ from ansible_collections.vmbackup.zfs.plugins.module_utils.checks import (
 )
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset, Snapshot, move_hold
 from ansible_collections.vmbackup.zfs.plugins.module_utils.encryption import RAW_FLAG, encryption_of
+from ansible_collections.vmbackup.zfs.plugins.module_utils.estimate import parse_send_plan
 from ansible_collections.vmbackup.zfs.plugins.module_utils.job import (
     Interrupted,
     JobFailed,
@@ -410,9 +411,9 @@ class Backup(Transfer):
         try:
             if self.source.features.send_estimate:
                 args = ["zfs", "send", "-nP"] + self.send_flags(base) + [self.snapshot]
-                for line in self.source.run(args).stdout.splitlines():
-                    if line.startswith("size"):
-                        return int(line.split()[-1])
+                size = parse_send_plan(self.source.run(args).stdout).get("size")
+                if size is not None:
+                    return size
             if base is None:
                 return int(self.source.get_one(snap.full, "referenced"))
         except (ZfsError, ValueError):
@@ -548,19 +549,7 @@ class Backup(Transfer):
         """What a token would send, as `zfs send -nvPt` on the source says: toguid, fromguid (an incremental),
         toname (guids as decimal strings, as `zfs get` gives them) and `size`, the bytes left to send."""
         out = self.source.run(["zfs", "send", "-nvPt", token], check=False)
-        found: dict = {}
-        for line in (out.stdout + out.stderr).splitlines():
-            key, sep, value = line.strip().partition(" = ")
-            if sep and key in ("toguid", "fromguid", "toname"):
-                found[key] = value.strip()
-            elif line.startswith("size") and line.split()[-1].isdigit():
-                found["size"] = int(line.split()[-1])
-        for key in ("toguid", "fromguid"):
-            try:
-                found[key] = str(int(found[key], 0))
-            except (KeyError, ValueError):
-                found.pop(key, None)
-        return found
+        return parse_send_plan(out.stdout + "\n" + out.stderr)
 
     def settle_token(self, target: str, snaps) -> str | None:
         """A token an earlier run left on `target`: resume it when its snapshot is still on the source and its
@@ -622,7 +611,7 @@ class Backup(Transfer):
             time.sleep(self.p["resume_delay"])
             pipeline = self.resume_pipeline(target, token, self.source_kind())
             try:
-                self.transfer(pipeline)
+                self.transfer(pipeline, total=self.token_plan(token).get("size"))  # what is left, for progress
             except SendFailed:  # the first failure says what cut the stream; this one says it again
                 sent += stream.metered_bytes(pipeline.stage("meter")) or 0
                 continue
