@@ -142,7 +142,10 @@ class VerifyJob(Job):
         digest = res.get("digest") if isinstance(res.get("digest"), str) and DIGEST_RE.fullmatch(res["digest"]) \
             else None
         reason = str(res.get("reason") or run.error or run.status)[:500]
+        # An encrypted disk's backup is proven without its key: by its raw stream, not its content.
+        kind = res.get("digest_kind") if res.get("digest_kind") in ("content", "raw-stream") else None
         fields = {"verify_status": "passed" if passed else "failed", "verify_time": iso(now()),
+                  "verify_digest_kind": kind,
                   "verify_duration": _round(res.get("duration")), "verify_reason": None if passed else reason}
         with store.lock:
             if passed:
@@ -151,7 +154,9 @@ class VerifyJob(Job):
                 if definition is not None:
                     store.save_definition(dict(definition, verified=fields["verified"]))
             store.update_backup(b_uuid, b_disk, b_name, fields)
-        detail = "name=%s, disk_id=%s, digest=%s" % (b_name, b_disk, digest) if passed else reason
+        detail = "name=%s, disk_id=%s, digest=%s%s" % (
+            b_name, b_disk, digest, " (of the raw stream: encrypted, proven without its key)"
+            if kind == "raw-stream" else "") if passed else reason
         return Outcome(passed, detail, {"drill": fields, "backup_key": [b_uuid, b_disk, b_name]})
 
 
