@@ -131,6 +131,9 @@ options:
         illumos), the snapshot is destroyed once bookmarked and the next incremental starts from the bookmark;
         the compute node keeps no snapshot between backups, so no block the VM overwrites stays allocated for
         them. Where it has no bookmarks (zfs-fuse) the snapshot is kept all the same, with a warning.
+      - A drill (M(vmbackup.zfs.verify)) then finds no source snapshot to compare a backup with; it compares with
+        the digest of the backup's last good drill, so a backup's first drill needs I(expected_digest) from
+        elsewhere (a drill made while the snapshot existed).
     type: bool
     default: true
   target_id:
