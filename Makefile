@@ -17,8 +17,9 @@ demo-playbooks: setup  ## backups of a lab VM with ansible-playbook alone
 # What ansible-test's pep8 sanity test runs; ruff has no E12x (continuation line) rules.
 PEP8 := $(VENV)/pycodestyle --max-line-length 160 --ignore E402,W503,W504,E741,E203,E701,E704
 
-lint: setup  ## ruff, pycodestyle on the collection, ansible-lint (production, offline) on playbooks and the collection
-	$(VENV)/ruff check api collection tests bench
+lint: setup  ## ruff, the API's layers (lint-imports), pycodestyle on the collection, ansible-lint on playbooks and the collection
+	$(VENV)/ruff check api collection tests bench labs
+	$(VENV)/lint-imports --no-cache --no-logo  # contracts: pyproject.toml [tool.importlinter]
 	$(PEP8) collection
 	$(VENV)/ansible-lint -q playbooks
 	./scripts/sanity --lint
@@ -33,10 +34,10 @@ molecule: setup  ## the molecule scenario: converge, idempotence and verify on t
 OZLAB_TEST_DIR := /var/tmp/vmbackup-ozlab-test
 
 test: setup lint sanity  ## everything the tests need, then the tests (unit, zfs-fuse pools, OpenZFS guests) and molecule
-	$(VENV)/vmbackup ozlab image
-	$(VENV)/python -c "from vmbackup.lab import start_zfs_daemon; start_zfs_daemon()"
+	$(VENV)/vmbackup-lab ozlab image
+	$(VENV)/python -c "from vmbackup_lab.lab import start_zfs_daemon; start_zfs_daemon()"
 	$(VENV)/pytest -q -n 2 --dist loadfile --durations=30 collection/tests/unit tests; rc=$$?; \
-	  $(VENV)/vmbackup ozlab down --dir $(OZLAB_TEST_DIR); exit $$rc
+	  $(VENV)/vmbackup-lab ozlab down --dir $(OZLAB_TEST_DIR); exit $$rc
 	$(VENV)/molecule test
 
 collection: setup  ## the Galaxy artifact (the collection alone) in dist/
@@ -45,10 +46,10 @@ collection: setup  ## the Galaxy artifact (the collection alone) in dist/
 bench: setup
 	bench/transfer
 
-lab-down: setup  ## stop the labs: zfs-fuse pools, and the OpenZFS guests of `vmbackup ozlab up` and of the tests
-	$(VENV)/vmbackup lab down
-	$(VENV)/vmbackup ozlab down
-	$(VENV)/vmbackup ozlab down --dir $(OZLAB_TEST_DIR)
+lab-down: setup  ## stop the labs: zfs-fuse pools, and the OpenZFS guests of `vmbackup-lab ozlab up` and of the tests
+	$(VENV)/vmbackup-lab lab down
+	$(VENV)/vmbackup-lab ozlab down
+	$(VENV)/vmbackup-lab ozlab down --dir $(OZLAB_TEST_DIR)
 
 clean:
 	rm -rf dist .pytest_cache

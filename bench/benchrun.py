@@ -38,7 +38,7 @@ def reexec_under_venv(prog: str, script: str) -> None:
         os.execv(str(python), [str(python), str(Path(script).resolve()), *sys.argv[1:]])
     # ansible-runner looks ansible-playbook up on PATH: the venv's, as `make` and an activated venv do.
     os.environ["PATH"] = "%s%s%s" % (Path(sys.executable).parent, os.pathsep, os.environ.get("PATH", ""))
-    for path in (REPO / "tests", REPO / "api", REPO):
+    for path in (REPO / "tests", REPO / "api", REPO / "labs", REPO):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
 

@@ -1,5 +1,5 @@
 """The OpenZFS lab of `bench/transfer --openzfs` and `bench/restore --openzfs`: two QEMU guests running OpenZFS 2.3
-(api/vmbackup/ozlab.py), a compute guest whose VM disks are zvols and a backup guest that pulls from it over ssh.
+(labs/vmbackup_lab/ozlab.py), a compute guest whose VM disks are zvols and a backup guest that pulls from it over ssh.
 
 The lab is the benchmarks' own (its folder, bridge, subnet and guests' names are not the tests' or the default
 lab's). Raw pipelines run inside the guests and are timed there (bench/stages.py, sent as `python3 -c`), as the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from benchrun import REPO, STOPPER, reap, run_play, spawn
 
 if TYPE_CHECKING:
-    from vmbackup.ozlab import Guest, OpenZfsLab
+    from vmbackup_lab.ozlab import Guest, OpenZfsLab
 
 LAB_DIRECTORY = "/var/tmp/vmbackup-ozlab-bench"
 PREFIX = "vbozb"
@@ -29,7 +29,7 @@ STAGES = Path(__file__).resolve().parent / "stages.py"
 
 
 def make_lab(pool_size: str = "3G") -> OpenZfsLab:
-    from vmbackup.ozlab import OpenZfsLab
+    from vmbackup_lab.ozlab import OpenZfsLab
 
     return OpenZfsLab(directory=LAB_DIRECTORY, prefix=PREFIX, subnet=SUBNET, nodes=list(NODES), pool_size=pool_size)
 
@@ -62,7 +62,7 @@ class OzNodes:
 
     def on_compute_shell(self, argv: list[str]) -> str:
         """The same, as one shell word list for a shell on the backup guest (syncoid-style)."""
-        from vmbackup.ozlab import shell_quote
+        from vmbackup_lab.ozlab import shell_quote
 
         return " ".join(shell_quote(word) for word in self.on_compute(argv))
 

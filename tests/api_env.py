@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from vmbackup.client import Client
-from vmbackup.lab import Lab, LabVM
-from vmbackup.store import Store
+from vmbackup.cli.client import Client
+from vmbackup.store.store import Store
+from vmbackup_lab.lab import Lab, LabVM
 
 BIN = os.path.dirname(sys.executable)
 ADMIN, OWNER = ("admin", "admin-password"), ("owner", "owner-password")

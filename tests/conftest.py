@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from vmbackup import lab as labmod
+from vmbackup_lab import lab as labmod
 
 # pytest-xdist's worker number (gw0, gw1, ...): workers of one run get pools and subnets of their own.
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 5
@@ -108,7 +108,7 @@ def dataset_checksums(dataset: str) -> dict[str, str]:
 def netlab():
     """Separate nodes `compute1` and `backup1`, each in its own namespaces with its own zfs-fuse, sshd and pool
     `zones`, on a bridge and subnet of this run's own; removed at the end."""
-    from vmbackup.netlab import NetLab
+    from vmbackup_lab.netlab import NetLab
     the_lab = NetLab(directory="/var/tmp/vmbackup-netlab-%s" % TAG, prefix="nl%d" % (os.getpid() % 10**7),
                      subnet="10.78.%d" % ((os.getpid() % 50) * 5 + WORKER + 1),
                      nodes=[("compute1", "compute"), ("backup1", "backup"), ("compute2", "compute")],
@@ -121,7 +121,7 @@ def netlab():
 
 # The OpenZFS lab of the tests: QEMU guests (OpenZFS 2.3, zvols), shared by the test workers. `make test` brings
 # it up before pytest and down after; a test run alone brings it up (idempotent, under a lock) and leaves it
-# running for the next run (`vmbackup ozlab down --dir /var/tmp/vmbackup-ozlab-test` stops it).
+# running for the next run (`vmbackup-lab ozlab down --dir /var/tmp/vmbackup-ozlab-test` stops it).
 OZLAB_DIR = os.environ.get("VMBACKUP_TEST_OZLAB_DIR", "/var/tmp/vmbackup-ozlab-test")
 OZLAB = {"prefix": "vbozt", "subnet": "10.79.9", "pool": "zones", "pool_size": "3G",
          "nodes": [("oz-c1", "compute"), ("oz-b1", "backup"), ("oz-c2", "compute")]}
@@ -132,7 +132,7 @@ def ozlab():
     """Guests `oz-c1`, `oz-c2` (compute) and `oz-b1` (backup), each with its pool `zones` on a virtio disk."""
     import fcntl
 
-    from vmbackup.ozlab import OpenZfsLab
+    from vmbackup_lab.ozlab import OpenZfsLab
     os.makedirs(os.path.dirname(OZLAB_DIR), exist_ok=True)
     with open(OZLAB_DIR + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

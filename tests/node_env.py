@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 
-from vmbackup.lab import LabVM
+from vmbackup_lab.lab import LabVM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

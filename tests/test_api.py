@@ -14,8 +14,8 @@ import pytest
 from api_env import ADMIN, OWNER, make_vm, new_env, seed, seed_nodes
 from conftest import dataset_checksums, snapshots, zfs
 
-from vmbackup.client import Client
-from vmbackup.store import Store
+from vmbackup.cli.client import Client
+from vmbackup.store.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import subprocess
 from api_env import ADMIN, BIN, make_vm, new_env
 from conftest import destroy
 
-from vmbackup.store import Store
+from vmbackup.store.store import Store
 
 
 def discover(env) -> dict:

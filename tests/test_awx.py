@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 from awx_standin import _choices as choices_of  # noqa: E402
 from awx_standin import accept_or_ignore, answer_errors, load_templates, survey_defaults  # noqa: E402
 
-from vmbackup import awx_templates  # noqa: E402
+from vmbackup.engine import awx_templates  # noqa: E402
 
 SURVEYS = os.path.join(REPO, "awx", "surveys")
 SURVEY_FILES = sorted(f for f in os.listdir(SURVEYS) if f.endswith(".json"))
@@ -357,7 +357,7 @@ def test_execution_environment_is_accepted_by_ansible_builder(tmp_path):
 def test_the_awx_files_are_the_ones_the_description_generates():
     for name, text in awx_templates.generated_files().items():
         with open(os.path.join(REPO, "awx", name)) as handle:
-            assert handle.read() == text, "awx/%s differs: run python -m vmbackup.awx_templates write" % name
+            assert handle.read() == text, "awx/%s differs: run python -m vmbackup.engine.awx_templates write" % name
     assert set(SURVEY_FILES) == {n.split("/", 1)[1] for n in awx_templates.generated_files() if "/" in n}
 
 

@@ -22,11 +22,11 @@ from api_env import ADMIN, make_vm, new_env, seed, seed_nodes, write_inventory
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 from awx_standin import StandIn  # noqa: E402
 
-from vmbackup.jobs import RetentionJob  # noqa: E402
-from vmbackup.routes import wait_for  # noqa: E402
-from vmbackup.scheduler import SYSTEM_USER, Scheduler  # noqa: E402
-from vmbackup.server import Application  # noqa: E402
-from vmbackup.store import Store  # noqa: E402
+from vmbackup.app.jobs import RetentionJob  # noqa: E402
+from vmbackup.app.scheduler import SYSTEM_USER, Scheduler  # noqa: E402
+from vmbackup.http.routes import wait_for  # noqa: E402
+from vmbackup.http.server import Application  # noqa: E402
+from vmbackup.store.store import Store  # noqa: E402
 
 TOKEN = "s3cret-awx-token"
 LIFECYCLE = ["new", "pending", "waiting", "running"]
@@ -135,7 +135,7 @@ class Redirector:
 
 
 def test_a_redirect_to_another_host_is_refused_and_the_token_never_leaves(tmp_path):
-    from vmbackup.awx import AwxEngine, AwxError
+    from vmbackup.engine.awx import AwxEngine, AwxError
     elsewhere = Redirector()
     awx = Redirector(target=elsewhere.url.replace("127.0.0.1", "localhost"))
     try:
@@ -159,7 +159,7 @@ def test_a_redirect_to_another_host_is_refused_and_the_token_never_leaves(tmp_pa
 
 
 def test_awx_over_http_needs_the_operator_to_say_so(tmp_path):
-    from vmbackup.awx import AwxEngine, AwxError
+    from vmbackup.engine.awx import AwxEngine, AwxError
     with pytest.raises(AwxError, match="--awx-insecure-http"):
         AwxEngine("http://awx.example.com", "s3cret", str(tmp_path / "runs"))
     with pytest.raises(AwxError, match="https://"):

@@ -8,7 +8,7 @@ from ansible_run import dumps, run_module
 from conftest import zfs
 from test_send import backup, target_of
 
-from vmbackup.lab import Lab, LabVM
+from vmbackup_lab.lab import Lab, LabVM
 
 
 def info(lab: Lab, check: bool = False, **filters) -> dict:

@@ -17,8 +17,8 @@ from conftest import TAG, destroy, snapshots, zfs
 from playbook_env import BACKUP, Run, lab_inventory
 from test_snapshot import FakeGuestAgent
 
-from vmbackup import lab as labmod
-from vmbackup.lab import ensure_sshd, new_vm
+from vmbackup_lab import lab as labmod
+from vmbackup_lab.lab import ensure_sshd, new_vm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPUTE2 = "lab-compute2"

@@ -12,10 +12,12 @@ import pytest
 from api_env import ADMIN, BIN, make_vm, new_env, seed
 from conftest import destroy
 
-from vmbackup import es as es_client
-from vmbackup.store import Store
+from vmbackup.cli import es as es_client
+from vmbackup.store.store import Store
 
-VERBS = ["get", "create", "set", "delete", "login", "logout", "lab", "serve", "user", "discover"]
+VERBS = ["get", "create", "set", "delete", "login", "logout", "serve", "user", "discover"]
+# The labs are a development package of their own (labs/vmbackup_lab), with a command of their own.
+LAB_VERBS = ["lab", "netlab", "ozlab"]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +139,15 @@ def test_every_verb_prints_its_own_help_and_exits_0(verb, flag, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("usage: vmbackup %s" % verb) and proc.stderr == "", proc.stdout + proc.stderr
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("verb", LAB_VERBS)
+def test_the_labs_are_vmbackup_lab_subcommands_not_the_products(verb):
+    proc = subprocess.run([os.path.join(BIN, "vmbackup-lab"), verb, "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: vmbackup-lab %s" % verb), proc.stdout + proc.stderr
+    proc = subprocess.run([os.path.join(BIN, "vmbackup"), verb, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "invalid choice: '%s'" % verb in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_help_after_a_path_is_still_that_verbs_help():

@@ -17,7 +17,7 @@ from ansible_run import REPO, dumps, run_module
 from conftest import zfs
 from playbook_env import COMPUTE, Run, lab_inventory
 
-from vmbackup.lab import new_vm
+from vmbackup_lab.lab import new_vm
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 

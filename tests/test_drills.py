@@ -13,7 +13,7 @@ import pytest
 from api_env import ADMIN, make_vm, new_env, seed, seed_nodes
 from test_monitoring import SECRET, Receiver, samples, scrape, series, signed, vmbackup_check
 
-from vmbackup.store import Store
+from vmbackup.store.store import Store
 
 
 @pytest.fixture(scope="module")

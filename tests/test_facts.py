@@ -7,7 +7,8 @@ import re
 
 import yaml
 
-from vmbackup import clock, facts, jobs, validation
+from vmbackup.app import jobs
+from vmbackup.domain import clock, facts, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -21,7 +21,7 @@ from ansible_run import dumps, run_module
 from conftest import zfs
 from playbook_env import Run, lab_inventory
 
-from vmbackup.lab import LabVM
+from vmbackup_lab.lab import LabVM
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="QEMU taps and zfs-fuse need root")
 
@@ -32,7 +32,7 @@ IMAGE = "guest.img"
 def tenant(lab):
     """A lab VM whose disk (a zfs-fuse filesystem here) holds the raw disk of a running QEMU guest, and the
     guest, booted with that disk and its agent's socket on this machine."""
-    from vmbackup.ozlab import OpenZfsLab
+    from vmbackup_lab.ozlab import OpenZfsLab
     vm = LabVM(str(uuid.uuid4()), "qga-%s.lab" % uuid.uuid4().hex[:6], size_mb=256)
     lab.create_vm(vm, data_mb=1)
     disk = vm.disk(lab.compute_pool, 0)

@@ -23,13 +23,14 @@ import pytest
 import yaml
 from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes, write_inventory
 
-from vmbackup import auth as authmod
-from vmbackup import cpugroup, errors, unsafe
-from vmbackup.discovery import checked_vm
-from vmbackup.runner import Runner
-from vmbackup.scheduler import Scheduler
-from vmbackup.service import Service
-from vmbackup.store import Store
+from vmbackup.app import auth as authmod
+from vmbackup.app.discovery import checked_vm
+from vmbackup.app.scheduler import Scheduler
+from vmbackup.app.service import Service
+from vmbackup.domain import errors
+from vmbackup.engine import cpugroup, unsafe
+from vmbackup.engine.runner import Runner
+from vmbackup.store.store import Store
 
 
 def payload(canary: str) -> str:
@@ -466,7 +467,7 @@ def test_files_are_private_and_jobs_get_no_service_environment(env):
 
 
 def test_finished_runs_folders_are_purged_and_their_tasks_stay(lab, tmp_path):
-    from vmbackup.server import Application
+    from vmbackup.http.server import Application
     data = str(tmp_path / "data")
     app = Application(data, os.path.join(data, "hosts.yml"), run_retention=0)
     write_inventory(os.path.join(data, "hosts.yml"), lab)
@@ -512,7 +513,7 @@ def test_runs_work_at_the_runners_niceness(tmp_path):
 
 
 def test_order_by_takes_each_field_once_and_splits_no_further():
-    from vmbackup import validation
+    from vmbackup.domain import validation
     assert validation.order_by("hostname,-created", ["hostname", "created"], "") == [("hostname", False),
                                                                                    ("created", True)]
     for repeated in ("hostname,hostname", "created,-created", ",".join(["hostname"] * 100000)):
@@ -526,7 +527,7 @@ def test_order_by_takes_each_field_once_and_splits_no_further():
 
 @pytest.mark.parametrize("name", ["scheduler", "Scheduler", "system", "vmbackup"])
 def test_the_services_own_names_cannot_be_users(tmp_path, name):
-    from vmbackup.store import Store
+    from vmbackup.store.store import Store
     with pytest.raises(ValueError, match="reserved for the service's own jobs"):
         authmod.Auth(Store(str(tmp_path))).add_user(name, "long-enough-password")
     assert Store(str(tmp_path)).get_user(name) is None
@@ -535,7 +536,7 @@ def test_the_services_own_names_cannot_be_users(tmp_path, name):
 def test_the_inventory_is_read_without_the_services_secrets(tmp_path, monkeypatch):
     """An inventory script (or plugin) runs with a job's minimal environment: the AWX token and the webhook
     secret in the service's environment do not reach it."""
-    from vmbackup.discovery import inventory_nodes
+    from vmbackup.app.discovery import inventory_nodes
     monkeypatch.setenv("VMBACKUP_AWX_TOKEN", "s3cret-token")
     monkeypatch.setenv("VMBACKUP_WEBHOOK_SECRET", "s3cret-hook")
     script = tmp_path / "inventory.py"
@@ -581,7 +582,7 @@ def test_tokens_are_capped_per_user_the_oldest_revoked(tmp_path):
 
 
 def test_behind_a_trusted_proxy_the_forwarded_address_is_the_clients():
-    from vmbackup.server import forwarded_for
+    from vmbackup.http.server import forwarded_for
     seen = []
 
     def app(environ, start_response):
@@ -602,8 +603,8 @@ def test_a_definition_put_never_undoes_what_the_scheduler_wrote_meanwhile(tmp_pa
     changes and writes under the lock too, so the scheduler's write lands after it, and both stay."""
     from types import SimpleNamespace
 
-    from vmbackup.lab import LabVM
-    from vmbackup.service import SCHEDULER, Service
+    from vmbackup.app.service import SCHEDULER, Service
+    from vmbackup_lab.lab import LabVM
     store = Store(str(tmp_path))
     machine = LabVM(str(uuidlib.uuid4()), "put-%s.lab" % uuidlib.uuid4().hex[:6], size_mb=64)
     pools = SimpleNamespace(compute_pool="zones", backup_pool="bkp")

@@ -25,7 +25,7 @@ import pytest
 from node_env import backup_state, new_vm
 from playbook_env import Run
 
-from vmbackup.lab import LabVM
+from vmbackup_lab.lab import LabVM
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="QEMU taps need root")
 

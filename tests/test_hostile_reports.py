@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import uuid as uuidlib
 
-from vmbackup.discovery import Discovery
-from vmbackup.events import Events
-from vmbackup.store import Store
+from vmbackup.app.discovery import Discovery
+from vmbackup.domain.events import Events
+from vmbackup.store.store import Store
 
 
 def report(vm_uuid: str, hostname: str, pool: str) -> dict:
@@ -64,7 +64,7 @@ def test_a_guest_named_after_another_vms_uuid_does_not_stand_in_its_way(lab, tmp
     the victim alone, on the playbooks' path (vm_info and the batch's lookup)."""
     from playbook_env import BACKUP, Run, lab_inventory
 
-    from vmbackup.lab import LabVM
+    from vmbackup_lab.lab import LabVM
     victim = LabVM(str(uuidlib.uuid4()), "victim-%s.lab" % uuidlib.uuid4().hex[:6])
     impostor = LabVM(str(uuidlib.uuid4()), victim.uuid)
     for vm in (victim, impostor):
@@ -89,8 +89,8 @@ def listed(vm_uuid: str, name: str, node_pool: str = "bkp", **changes) -> dict:
 
 
 def synced(store, node: str, entries: list, adopt: bool = False, limit: int = 1000):
-    from vmbackup import sync
-    from vmbackup.runner import RunResult
+    from vmbackup.app import sync
+    from vmbackup.engine.runner import RunResult
     run = RunResult("successful", 0, {"nodes": {node: {"bkp": entries}}})
     return sync.apply(store, [{"node": node, "pools": ["bkp"]}], run, adopt=adopt, limit=limit)
 

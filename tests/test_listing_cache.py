@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from vmbackup.routes import ListCache
+from vmbackup.http.routes import ListCache
 
 
 class Counter:

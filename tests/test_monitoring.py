@@ -24,10 +24,10 @@ from api_env import ADMIN, BIN, OWNER, free_port, make_vm, new_env, seed, seed_n
 from conftest import destroy
 from prometheus_client.parser import text_string_to_metric_families
 
-from vmbackup import alerts as alertsmod
-from vmbackup.clock import backup_name, iso, now
-from vmbackup.lab import LabVM
-from vmbackup.store import Store
+from vmbackup.app import alerts as alertsmod
+from vmbackup.domain.clock import backup_name, iso, now
+from vmbackup.store.store import Store
+from vmbackup_lab.lab import LabVM
 
 SECRET = b"a shared secret for the webhooks"
 
@@ -308,7 +308,7 @@ def test_a_receiver_that_fails_gets_the_alert_again_with_back_off(tmp_path):
 
 # -- the rules of check and metrics on their own ----------------------------------------------------
 def test_lateness_counts_in_the_schedules_own_intervals():
-    from vmbackup.check import lateness
+    from vmbackup.app.check import lateness
     utc = datetime.timezone.utc
     friday = datetime.datetime(2026, 11, 27, 4, 0, 5, tzinfo=utc)  # a weekdays-only backup, made on time
     monday_early = datetime.datetime(2026, 11, 30, 3, 0, tzinfo=utc)
@@ -323,10 +323,10 @@ def test_lateness_counts_in_the_schedules_own_intervals():
 def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path):
     """The failure counters come from the job's outcome as data (`failed_items` on the task), kept by the store
     as tasks end, seen by every process, and kept when old tasks are purged."""
-    from vmbackup import facts
-    from vmbackup.jobs import BackupJob
-    from vmbackup.queue import JobQueue
-    from vmbackup.runner import RunResult
+    from vmbackup.app.jobs import BackupJob
+    from vmbackup.app.queue import JobQueue
+    from vmbackup.domain import facts
+    from vmbackup.engine.runner import RunResult
 
     store = Store(str(tmp_path))
     queue = JobQueue(store, runner=None)

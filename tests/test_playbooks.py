@@ -15,7 +15,7 @@ import yaml
 from conftest import dataset_checksums, exists, snapshots, zfs
 from playbook_env import BACKUP, COMPUTE, Run, lab_inventory
 
-from vmbackup.lab import new_vm
+from vmbackup_lab.lab import new_vm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ from ansible_run import dumps, run_module
 from conftest import exists, snapshots, zfs
 from test_send import backup, target_of
 
-from vmbackup.lab import Lab, LabVM, ensure_sshd
+from vmbackup_lab.lab import Lab, LabVM, ensure_sshd
 
 
 def prune(lab: Lab, vm: LabVM, check: bool = False, **args) -> dict:

@@ -17,7 +17,7 @@ from conftest import dataset_checksums, destroy, exists, snapshots, zfs
 from test_send import backup, take_snapshot
 from test_send_failures import parent_of, pids_of
 
-from vmbackup.lab import Lab, LabVM, ensure_sshd
+from vmbackup_lab.lab import Lab, LabVM, ensure_sshd
 
 
 def restore(lab: Lab, vm: LabVM, name: str, target: str, check: bool = False, **extra) -> dict:

@@ -14,10 +14,10 @@ import pytest
 from api_env import ADMIN, make_vm, new_env, seed, write_inventory
 from conftest import snapshots
 
-from vmbackup.routes import wait_for
-from vmbackup.scheduler import SYSTEM_USER, Scheduler
-from vmbackup.server import Application
-from vmbackup.service import iso
+from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
+from vmbackup.app.service import iso
+from vmbackup.http.routes import wait_for
+from vmbackup.http.server import Application
 
 
 def utc(*args) -> datetime.datetime:
@@ -152,7 +152,7 @@ def test_a_node_job_limit_queues_the_rest(app, lab):
 def test_a_live_server_runs_a_definition_due_next_minute_on_its_own(lab):
     env = new_env(lab)
     vm = make_vm(lab, "live")
-    from vmbackup.store import Store
+    from vmbackup.store.store import Store
     store = Store(env.data_dir)
     for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
         store.upsert_node({"name": name, "roles": roles, "operational": True, "pools": {pool: {"free": 10**10}}})
@@ -202,7 +202,7 @@ def test_definitions_due_together_run_as_one_batch_per_backup_node(app, lab):
 
 
 def test_a_batch_is_spread_over_runs_by_compute_node():
-    from vmbackup.service import spread
+    from vmbackup.app.service import spread
     pairs = [({"n": i}, {"item": {"compute_node": node}}) for i, node in enumerate("AAAAABBBCC")]
     for runs, sizes in ((1, [10]), (2, [5, 5]), (3, [5, 3, 2]), (8, [5, 3, 2])):
         groups = spread(pairs, runs)

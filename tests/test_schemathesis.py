@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes
 
-from vmbackup.store import Store
+from vmbackup.store.store import Store
 
 SERVER_ERRORS = ("ST101", "ST102")
 

@@ -9,7 +9,7 @@ import pytest
 from ansible_run import dumps, run_module
 from conftest import dataset_checksums, destroy, exists, snapshots, zfs
 
-from vmbackup.lab import Lab, LabVM
+from vmbackup_lab.lab import Lab, LabVM
 
 
 def take_snapshot(disk: str, name: str, definition: str = "daily") -> dict:

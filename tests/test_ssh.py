@@ -7,7 +7,7 @@ from ansible_run import dumps
 from conftest import dataset_checksums
 from test_send import backup, target_of
 
-from vmbackup.lab import ensure_sshd
+from vmbackup_lab.lab import ensure_sshd
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import textwrap
 import threading
 import time
 
-from vmbackup import journal
-from vmbackup.auth import Auth, check_password
-from vmbackup.store import Store
+from vmbackup.app.auth import Auth, check_password
+from vmbackup.store import journal
+from vmbackup.store.store import Store
 
 UUID = "11111111-2222-4333-8444-555555555555"
 
@@ -56,7 +56,7 @@ def test_concurrent_writes_lose_nothing(tmp_path):
 def test_a_crash_mid_write_leaves_files_that_load(tmp_path):
     writer = textwrap.dedent("""
         import sys
-        from vmbackup.store import Store
+        from vmbackup.store.store import Store
         store = Store(sys.argv[1])
         store.upsert_vm({"uuid": "%s", "hostname": "h", "node": "n", "disks": []})
         i = 0
@@ -146,7 +146,7 @@ def test_newest_backups_follow_every_write(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from vmbackup.store import Store
+    from vmbackup.store.store import Store
     store = Store(sys.argv[1])
     if sys.argv[2] != "0":
         store.start_checkpoints(float(sys.argv[2]))

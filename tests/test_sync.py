@@ -15,7 +15,7 @@ import pytest
 from api_env import ADMIN, BIN, make_vm, new_env
 from conftest import dataset_checksums, destroy, zfs
 
-from vmbackup.store import Store
+from vmbackup.store.store import Store
 
 
 def vmbackup(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -136,8 +136,8 @@ def test_a_new_controller_finds_every_backup_and_restores_one(env, lab):
 def test_sync_changes_nothing_for_a_node_that_does_not_answer(env):
     store = Store(env.data_dir)
     before = {(b["vm_uuid"], b["name"]): b["status"] for b in store.backups()}
-    from vmbackup import sync as syncmod
-    from vmbackup.runner import RunResult
+    from vmbackup.app import sync as syncmod
+    from vmbackup.engine.runner import RunResult
     summary = syncmod.apply(store, [{"node": "tb", "pools": [env.lab.backup_pool]}], RunResult("failed", 2, {}))
     assert summary.unlisted == ["tb"] and summary.lost == []
     assert {(b["vm_uuid"], b["name"]): b["status"] for b in store.backups()} == before

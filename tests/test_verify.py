@@ -15,7 +15,7 @@ from playbook_env import BACKUP, COMPUTE, Run, lab_inventory
 from test_send import backup, take_snapshot, target_of
 from test_send_failures import parent_of, pids_of
 
-from vmbackup.lab import Lab, LabVM
+from vmbackup_lab.lab import Lab, LabVM
 
 NAME = "daily-20261201_010000"
 

@@ -1,0 +1,1 @@
+"""The store layer: the journal and the record repository on disk; imports only the domain."""
