@@ -22,10 +22,11 @@ from api_env import ADMIN, make_vm, new_env, seed, seed_nodes, write_inventory
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fixtures"))
 from awx_standin import StandIn  # noqa: E402
 
+from vmbackup.app.application import Application  # noqa: E402
+from vmbackup.app.config import Config  # noqa: E402
 from vmbackup.app.jobs import RetentionJob  # noqa: E402
 from vmbackup.app.scheduler import SYSTEM_USER, Scheduler  # noqa: E402
-from vmbackup.http.routes import wait_for  # noqa: E402
-from vmbackup.http.server import Application  # noqa: E402
+from vmbackup.app.service import wait_for  # noqa: E402
 from vmbackup.store.store import Store  # noqa: E402
 
 TOKEN = "s3cret-awx-token"
@@ -232,8 +233,8 @@ def awx_app(lab):
         inventory = os.path.join(data_dir, "hosts.yml")
         write_inventory(inventory, lab)
         standin = StandIn(TOKEN, inventory, ENV, **options)
-        app = Application(data_dir, inventory, engine="awx", awx_url=standin.url, awx_token=TOKEN,
-                          awx_insecure_http=True)
+        app = Application(Config(data_dir=data_dir, inventory=inventory, engine="awx", awx_url=standin.url,
+                                 awx_token=TOKEN, awx_insecure_http=True))
         app.runner.poll = 0.2
         seed_nodes(app.store, lab)
         made.append((app, standin))

@@ -181,3 +181,33 @@ def test_the_token_file_is_0600_whatever_the_umask(tmp_path, monkeypatch):
         os.umask(old)
     assert stat.S_IMODE(os.stat(es_client.config_path()).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(es_client.config_path())).st_mode) == 0o700
+
+
+def test_record_commands_start_no_thread_and_place_no_run(tmp_path, monkeypatch, capsys):
+    """`vmbackup user` and `definitions` only touch records: they build the application from its Config but start
+    no thread (no launcher, scheduler or discovery) and make no CPU group for runs (no cgroup written)."""
+    import io
+    import threading
+
+    from vmbackup.app.application import Application
+    from vmbackup.app.config import Config
+    from vmbackup.cli.main import main
+    from vmbackup.engine import cpugroup
+
+    def no_placement(nice):
+        raise AssertionError("a record command placed the runs in a CPU group")
+
+    monkeypatch.setattr(cpugroup, "for_runs", no_placement)
+    data = str(tmp_path / "data")
+    before = set(threading.enumerate())
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-enough-password\n"))
+    assert main(["user", "add", "ops", "--admin", "--data-dir", data]) == 0
+    assert main(["user", "list", "--data-dir", data]) == 0
+    assert main(["definitions", "export", "--data-dir", data]) == 0
+    assert "ops\tadmin" in capsys.readouterr().out
+    assert set(threading.enumerate()) <= before, threading.enumerate()
+    # The defaults live once, in Config: the command line shows them, the application runs with them.
+    application = Application(Config(data_dir=data))
+    assert application.config.job_nice == Config.default("job_nice") == 10
+    assert application.scheduler.interval == Config.default("schedule_interval")
+    assert set(threading.enumerate()) <= before

@@ -467,9 +467,10 @@ def test_files_are_private_and_jobs_get_no_service_environment(env):
 
 
 def test_finished_runs_folders_are_purged_and_their_tasks_stay(lab, tmp_path):
-    from vmbackup.http.server import Application
+    from vmbackup.app.application import Application
+    from vmbackup.app.config import Config
     data = str(tmp_path / "data")
-    app = Application(data, os.path.join(data, "hosts.yml"), run_retention=0)
+    app = Application(Config(data_dir=data, inventory=os.path.join(data, "hosts.yml"), run_retention=0))
     write_inventory(os.path.join(data, "hosts.yml"), lab)
     old = os.path.join(data, "runs", "1e1d1-00000000-0000-0000-0000")
     os.makedirs(old)

@@ -14,10 +14,10 @@ import pytest
 from api_env import ADMIN, make_vm, new_env, seed, write_inventory
 from conftest import snapshots
 
+from vmbackup.app.application import Application
+from vmbackup.app.config import Config
 from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
-from vmbackup.app.service import iso
-from vmbackup.http.routes import wait_for
-from vmbackup.http.server import Application
+from vmbackup.app.service import iso, wait_for
 
 
 def utc(*args) -> datetime.datetime:
@@ -30,7 +30,7 @@ def app(lab):
     data_dir = tempfile.mkdtemp(prefix="vmbackup-sched-", dir="/var/tmp")
     inventory = data_dir + "/hosts.yml"
     write_inventory(inventory, lab)
-    application = Application(data_dir, inventory)
+    application = Application(Config(data_dir=data_dir, inventory=inventory))
     for name, roles, pool in (("tc", ["compute"], lab.compute_pool), ("tb", ["backup"], lab.backup_pool)):
         application.store.upsert_node({"name": name, "roles": roles, "operational": True,
                                        "pools": {pool: {"free": 10**10}}})
@@ -76,7 +76,7 @@ def test_a_restart_does_not_run_a_due_time_again(app, lab):
     first = Scheduler(app.service, app.data_dir).tick(when)
     assert len(first) == 1
     wait_for(app.service, first[0], timeout=120)
-    restarted = Application(app.data_dir, app.inventory)  # a new process reading the same records
+    restarted = Application(app.config)  # a new process reading the same records
     assert Scheduler(restarted.service, restarted.data_dir).tick(when) == []
 
 

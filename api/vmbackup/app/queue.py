@@ -42,7 +42,15 @@ class JobQueue:
         # (the task, with its playbook and extra vars, is on disk first, so a restart launches it).
         self._launches: queue.Queue = queue.Queue()
         self._starting: set[str] = set()  # handed to the launcher, not started yet (they count as running)
-        threading.Thread(target=self._launcher, daemon=True, name="launcher").start()
+        self._launcher_started = False  # its thread starts with the first launch: a record command starts none
+
+    def _launch(self, task_id: str) -> None:
+        """Hand a recorded task to the launcher thread (started now if this is the first)."""
+        with self._lock:
+            if not self._launcher_started:
+                self._launcher_started = True
+                threading.Thread(target=self._launcher, daemon=True, name="launcher").start()
+        self._launches.put(task_id)
 
     # -- claims ---------------------------------------------------------------------------------
     def busy(self, disk: Disk) -> str | None:
@@ -72,7 +80,7 @@ class JobQueue:
         with self._lock:
             self._starting.add(task["task_id"])
         # Never a run for a task that is not on disk yet (a caller's transaction may still be open).
-        self.store.after_commit(lambda: self._launches.put(task["task_id"]))
+        self.store.after_commit(lambda: self._launch(task["task_id"]))
 
     def _launcher(self) -> None:
         while True:

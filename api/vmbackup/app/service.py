@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import os
 import secrets
+import time
 
 from vmbackup.app.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob, VerifyJob
 from vmbackup.app.queue import JobQueue
@@ -21,7 +22,7 @@ from vmbackup.store.store import Ambiguous, Store
 __all__ = ["Service", "iso", "now", "OK", "PENDING", "RESTORE", "LOST"]
 
 DEFINITION_FIELDS = ["hostname", "vm_uuid", "name", "disk_id", "type", "node", "zpool", "desc", "bwlimit", "active",
-                     "schedule", "retention", "compression", "fsfreeze"]
+                     "schedule", "retention", "compression", "fsfreeze", "keep_snapshot"]
 BACKUP_FIELDS = ["hostname", "vm_uuid", "vm", "define", "name", "disk_id", "type", "node", "zpool", "created",
                  "status", "size", "time", "file_path", "note"]
 # Additive fields (API.md section 6): when a restore drill last proved the backup, and how the last one went.
@@ -163,7 +164,7 @@ class Service:
     # -- definitions ----------------------------------------------------------------------------
     def definition_view(self, definition: dict, extended: bool) -> dict:
         view = {k: definition.get(k) for k in DEFINITION_FIELDS}
-        view["keep_snapshot"] = definition.get("keep_snapshot", True)  # additive; records older than it keep
+        view["keep_snapshot"] = definition.get("keep_snapshot", True)  # additive: older records keep the snapshot
         # Additive: when a drill last proved a backup of this definition restorable, and how long ago.
         view["verified"] = definition.get("verified")
         view["verified_age"] = int((now() - parse(view["verified"])).total_seconds()) if view["verified"] else None
@@ -692,3 +693,15 @@ def spread(pairs: list[tuple[dict, dict]], runs: int) -> list[list[tuple[dict, d
     for node_pairs in sorted(by_node.values(), key=len, reverse=True):
         min(groups, key=len).extend(node_pairs)
     return groups
+
+
+def wait_for(service: Service, task_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
+    """Block until a task ends (used by streams and tests); return its record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        task = service.task_record(task_id)
+        if task is None or task["status"] != "PENDING":
+            return task
+        if deadline is not None and time.monotonic() > deadline:
+            return task
+        time.sleep(poll)

@@ -18,39 +18,47 @@ import os
 import sys
 
 from vmbackup.app import check
-from vmbackup.app.sync import IMPORT_LIMIT
+from vmbackup.app.application import Application
+from vmbackup.app.config import DAY, Config
 from vmbackup.cli import es
 from vmbackup.http import server
-from vmbackup.http.server import DEFAULT_DATA_DIR, DEFAULT_INVENTORY
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The Config a command runs with: its options, the defaults for what it does not take."""
+    given = {"data_dir": args.data_dir, "inventory": getattr(args, "inventory", None)}
+    if args.command == "serve":
+        token = os.environ.get("VMBACKUP_AWX_TOKEN")
+        if args.awx_token_file:
+            with open(args.awx_token_file) as handle:
+                token = handle.read().strip()
+        templates = {}
+        for entry in args.awx_template:
+            playbook, _, template = entry.partition("=")
+            templates[playbook] = int(template) if template.isdigit() else template
+        given.update(
+            listen=args.listen, threads=args.threads, discover_every=None if args.no_discover else args.discover_every,
+            schedule=not args.no_scheduler, schedule_interval=args.schedule_interval,
+            jobs_per_node=args.jobs_per_node, size_limit=args.size_limit, body_limit=args.body_limit,
+            run_retention=args.run_retention_days * DAY, task_retention=args.task_retention_days * DAY,
+            stream_limit=args.stream_limit, verify_every=args.verify_every_days * DAY,
+            metrics_listen=args.metrics_listen, webhooks=tuple(args.webhook), webhook_secret=webhook_secret(args),
+            stale_every=args.stale_check_every, job_nice=args.job_nice, batch_runs=args.batch_runs,
+            sync_import_limit=args.sync_import_limit, trusted_proxies=tuple(args.trusted_proxy or ()),
+            engine=args.engine, awx_url=args.awx_url, awx_token=token, awx_templates=templates,
+            awx_insecure_http=args.awx_insecure_http)
+    return Config(**{k: v for k, v in given.items() if v is not None or k in NULLABLE})
+
+
+# Settings whose None means something (no discovery, no limit, the CPU count), not "the default".
+NULLABLE = ("discover_every", "jobs_per_node", "size_limit", "batch_runs", "metrics_listen", "awx_url",
+            "awx_token", "webhook_secret")
 
 
 def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    every = None if args.no_discover else args.discover_every
-    server.serve(args.listen, args.data_dir, args.inventory, discover_every=every, threads=args.threads,
-                 size_limit=args.size_limit, schedule=not args.no_scheduler, jobs_per_node=args.jobs_per_node,
-                 schedule_interval=args.schedule_interval, body_limit=args.body_limit,
-                 run_retention=args.run_retention_days * 86400, stream_limit=args.stream_limit,
-                 verify_every=args.verify_every_days * 86400, metrics_listen=args.metrics_listen,
-                 webhooks=args.webhook, webhook_secret=webhook_secret(args), stale_every=args.stale_check_every,
-                 job_nice=args.job_nice, batch_runs=args.batch_runs, sync_import_limit=args.sync_import_limit,
-                 trusted_proxies=args.trusted_proxy, task_retention=args.task_retention_days * 86400,
-                 **engine_options(args))
+    server.serve(config_of(args))
     return 0
-
-
-def engine_options(args: argparse.Namespace) -> dict:
-    """--engine and the AWX settings; the token from a file or VMBACKUP_AWX_TOKEN, never the command line."""
-    token = os.environ.get("VMBACKUP_AWX_TOKEN")
-    if args.awx_token_file:
-        with open(args.awx_token_file) as handle:
-            token = handle.read().strip()
-    templates = {}
-    for entry in args.awx_template:
-        playbook, _, template = entry.partition("=")
-        templates[playbook] = int(template) if template.isdigit() else template
-    return {"engine": args.engine, "awx_url": args.awx_url, "awx_token": token, "awx_templates": templates,
-            "awx_insecure_http": args.awx_insecure_http}
 
 
 def webhook_secret(args: argparse.Namespace) -> bytes | None:
@@ -76,7 +84,7 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def user_command(args: argparse.Namespace) -> int:
-    app = server.Application(args.data_dir, args.inventory)
+    app = Application(config_of(args))
     if args.action == "list":
         for user in app.store.users():
             print("%s\t%s\t%s" % (user["username"], "admin" if user["is_admin"] else "owner",
@@ -100,13 +108,13 @@ def user_command(args: argparse.Namespace) -> int:
 
 
 def discover_command(args: argparse.Namespace) -> int:
-    app = server.Application(args.data_dir, args.inventory)
+    app = Application(config_of(args))
     print(json.dumps(app.discover(), indent=2))
     return 0
 
 
 def sync_command(args: argparse.Namespace) -> int:
-    app = server.Application(args.data_dir, args.inventory)
+    app = Application(config_of(args))
     if not args.no_discover:
         app.discover()
     task = app.sync(wait=True, node=args.node, adopt=args.adopt)
@@ -115,7 +123,7 @@ def sync_command(args: argparse.Namespace) -> int:
 
 
 def definitions_command(args: argparse.Namespace) -> int:
-    app = server.Application(args.data_dir, args.inventory)
+    app = Application(config_of(args))
     if args.action == "export":
         text = json.dumps(app.export_definitions(), indent=2, sort_keys=True) + "\n"
         if args.file in (None, "-"):
@@ -140,43 +148,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def service_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+        command.add_argument("--data-dir", default=Config.default("data_dir"),
                              help="the service's records (default: %(default)s; env VMBACKUP_DATA_DIR)")
-        command.add_argument("--inventory", default=DEFAULT_INVENTORY,
+        command.add_argument("--inventory", default=Config.default("inventory"),
                              help="Ansible inventory with groups compute and backup (default: the lab's)")
 
     serve = sub.add_parser("serve", help="run the REST API (waitress, threads)",
                            description="Serve the VM backup API under /api/.")
-    serve.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT (default: %(default)s)")
+    serve.add_argument("--listen", default=Config.default("listen"), help="HOST:PORT (default: %(default)s)")
     service_options(serve)
-    serve.add_argument("--threads", type=int, default=8, help="worker threads (default: %(default)s)")
-    serve.add_argument("--discover-every", type=float, default=600.0,
+    serve.add_argument("--threads", type=int, default=Config.default("threads"),
+                       help="worker threads (default: %(default)s)")
+    serve.add_argument("--discover-every", type=float, default=Config.default("discover_every"),
                        help="seconds between discoveries of nodes and VMs (default: %(default)s)")
     serve.add_argument("--no-discover", action="store_true", help="do not discover at start or on a schedule")
     serve.add_argument("--no-scheduler", action="store_true",
                        help="do not run definitions on their schedules (for a second instance)")
-    serve.add_argument("--schedule-interval", type=float, default=5.0,
+    serve.add_argument("--schedule-interval", type=float, default=Config.default("schedule_interval"),
                        help="seconds between checks for due definitions (default: %(default)s)")
     serve.add_argument("--jobs-per-node", type=int, default=None,
                        help="run at most this many jobs at once per backup node; queue the rest (default: no limit)")
     serve.add_argument("--size-limit", type=int, default=None,
                        help="refuse new backups (417) once all backups together hold this many bytes")
-    serve.add_argument("--body-limit", type=int, default=server.DEFAULT_BODY_LIMIT,
+    serve.add_argument("--body-limit", type=int, default=Config.default("body_limit"),
                        help="largest request body in bytes; larger ones get 413 unread (default: %(default)s)")
-    serve.add_argument("--run-retention-days", type=float, default=server.DEFAULT_RUN_RETENTION / 86400,
+    serve.add_argument("--run-retention-days", type=float, default=Config.default("run_retention") / DAY,
                        help="days a finished job's run folder (artifacts, log) is kept; its task record stays "
                             "(default: %(default)s)")
     serve.add_argument("--task-retention-days", type=float,
-                       default=server.DEFAULT_TASK_RETENTION / 86400,
+                       default=Config.default("task_retention") / DAY,
                        help="days an ended task's record and task log line are kept; the failure counts of the "
                             "metrics keep what they counted (default: %(default)s)")
-    serve.add_argument("--stream-limit", type=float, default=server.DEFAULT_STREAM_LIMIT,
+    serve.add_argument("--stream-limit", type=float, default=Config.default("stream_limit"),
                        help="seconds an ES-STREAM answer waits for its job before it returns the current status "
                             "(default: %(default)s)")
-    serve.add_argument("--verify-every-days", type=float, default=server.DEFAULT_VERIFY_EVERY / 86400,
+    serve.add_argument("--verify-every-days", type=float, default=Config.default("verify_every") / DAY,
                        help="days between restore drills of each definition's newest backup, spread over that time; "
                             "0: no scheduled drills (default: %(default)s)")
-    serve.add_argument("--job-nice", type=int, default=server.DEFAULT_JOB_NICE, choices=range(0, 20),
+    serve.add_argument("--job-nice", type=int, default=Config.default("job_nice"), choices=range(0, 20),
                        metavar="0-19", help="niceness of the local playbook runs, so that the API answers quickly "
                        "while they work; where autogroups would undo it, the runs also join a CPU cgroup of "
                        "that weight (default: %(default)s; 0: the service's own)")
@@ -186,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
                        help="a reverse proxy's address (repeat): its requests are the client's that the last "
                        "X-Forwarded-For entry names, so login throttling counts each client, not the proxy")
-    serve.add_argument("--sync-import-limit", type=int, default=IMPORT_LIMIT, metavar="N",
+    serve.add_argument("--sync-import-limit", type=int, default=Config.default("sync_import_limit"), metavar="N",
                        help="backups a sync imports from one backup node at most (what a node lists is only its "
                        "word; default: %(default)s)")
     serve.add_argument("--engine", choices=["local", "awx"], default="local",
@@ -206,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="POST alerts (failed job, LOST backups, failed drill, stale definition) here; repeat")
     serve.add_argument("--webhook-secret-file", metavar="FILE",
                        help="the shared secret the alerts are signed with (default: env VMBACKUP_WEBHOOK_SECRET)")
-    serve.add_argument("--stale-check-every", type=float, default=server.DEFAULT_STALE_EVERY,
+    serve.add_argument("--stale-check-every", type=float, default=Config.default("stale_every"),
                        help="seconds between checks for stale definitions, for the webhooks (default: %(default)s)")
     serve.set_defaults(func=serve_command)
 
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the data dir and rate every active definition by the age of its newest good backup "
                     "in intervals of its own schedule (a definition without backups counts from its creation). "
                     "Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; one status line with perfdata.")
-    checker.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+    checker.add_argument("--data-dir", default=Config.default("data_dir"),
                          help="the service's records (default: %(default)s; env VMBACKUP_DATA_DIR)")
     checker.add_argument("--warn", type=float, default=1.5, help="WARNING past this many intervals (%(default)s)")
     checker.add_argument("--crit", type=float, default=3.0, help="CRITICAL past this many intervals (%(default)s)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 from vmbackup.domain import paths
 from vmbackup.engine import cpugroup, unsafe
+
+logger = logging.getLogger("vmbackup")
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Runner:
     """Starts playbook runs and calls back when each ends."""
 
     def __init__(self, runs_dir: str, inventory: str, poll: float = 0.5, nice: int = 10,
-                 cpu_group: str | None = None):
+                 cpu_group: str | None = None, place_runs: bool = False):
         self.runs_dir = runs_dir
         self.inventory = os.path.abspath(inventory)
         self.poll = poll
@@ -49,6 +52,7 @@ class Runner:
         # (`cpugroup.for_runs`: the `cgroup.procs` file that every run joins before it starts).
         self.nice = nice
         self.cpu_group = cpu_group
+        self._place_runs = place_runs  # find (or make) the CPU group when the first run starts, not before
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         os.makedirs(runs_dir, exist_ok=True)
@@ -101,6 +105,11 @@ class Runner:
                 "--inventory", self.inventory, "--rotate-artifacts", "0"]
         if self.nice:
             argv = [shutil.which("nice") or "/usr/bin/nice", "-n", str(self.nice)] + argv
+        if self._place_runs:
+            self._place_runs = False
+            placement = cpugroup.for_runs(self.nice)
+            (logger.info if placement.below else logger.warning)("%s", placement.reason)
+            self.cpu_group = placement.procs
         if self.cpu_group:
             argv = cpugroup.JOIN + [self.cpu_group] + argv
         log = os.open(os.path.join(data_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -403,15 +403,3 @@ def status_response(task: dict) -> bottle.HTTPResponse:
         return envelope(task["task_id"], "PENDING", None, 201)
     code = 200 if task["status"] == "SUCCESS" else 400
     return envelope(task["task_id"], task["status"], task["result"], code)
-
-
-def wait_for(service: Service, task_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
-    """Block until a task ends (used by streams and tests); return its record."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        task = service.task_record(task_id)
-        if task is None or task["status"] != "PENDING":
-            return task
-        if deadline is not None and time.monotonic() > deadline:
-            return task
-        time.sleep(poll)
