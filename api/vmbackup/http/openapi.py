@@ -1,141 +1,177 @@
-"""The OpenAPI description of every route: one table of routes, parameters and responses."""
+"""The OpenAPI 3.0 description of the API, built from the route table (`http/table.py`).
+
+Each parameter is described with every form the API accepts (domain/validation.py): clients send values as
+strings (`-disk_id 1` arrives as "1", `-full` as "true" or "True"), so an integer is a JSON integer or a string
+of digits, a boolean a JSON boolean or one of validation.TRUE / FALSE in any case, and a compression 0-3 or a
+name the collection knows (domain/facts.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from vmbackup import __version__
+from vmbackup.domain import facts, validation
+from vmbackup.http.table import BOOLEAN, COMPRESSION, INTEGER, NAMES, PATH_PARAMS, ROUTES, STRING, Param, Route
 
-B, INT, S, A = "boolean", "integer", "string", "array"
-VM = ("hostname_or_uuid", "path", S, True, "VM hostname or uuid (for backups: the original one)")
-DEF = ("bkpdef", "path", S, True, "Backup definition name")
-BKP = ("bkpname", "path", S, True, "Backup name")
-TASK = ("task_id", "path", S, True, "Task id")
-DISK = ("disk_id", "data", INT, False, "Disk number/ID (default: 1)")
-DEFINITION_DATA = [
-    DISK, ("type", "data", INT, False, "1 dataset, 2 file (default: 1)"),
-    ("node", "data", S, True, "Backup node name"), ("zpool", "data", S, False, "Pool on the backup node (zones)"),
-    ("schedule", "data", S, True, "Cron schedule in UTC"), ("retention", "data", INT, True, "Backups to keep"),
-    ("active", "data", B, False, "Schedule enabled (true)"), ("compression", "data", INT, False, "0-3 (0)"),
-    ("bwlimit", "data", INT, False, "Bytes per second (null: unlimited)"), ("desc", "data", S, False, "Description"),
-    ("fsfreeze", "data", B, False, "Freeze guest filesystems (false)"),
-    ("keep_snapshot", "data", B, False, "Keep the sent snapshot on the compute node between backups (true); false "
-     "keeps only a bookmark where its ZFS has bookmarks (extension)")]
-LIST = [("full", "data", B, False, "Objects instead of names"), ("order_by", "data", S, False, "Sort fields")]
 
-# path, method, summary, parameters, {status: description}
-ROUTES = [
-    ("/accounts/login", "post", "Log in", [("username", "data", S, True, ""), ("password", "data", S, True, "")],
-     {200: "token", 400: "wrong credentials", 413: "body too large",
-      429: "too many failed logins (Retry-After says when to try again)"}),
-    ("/accounts/logout", "get", "Log out", [], {200: "bye", 403: "Forbidden"}),
-    ("/vm/define/backup", "get", "List all backup definitions",
-     LIST + [("extended", "data", B, False, "Include backup counts")],
-     {200: "SUCCESS", 400: "FAILURE (a parameter of the wrong type)", 403: "Forbidden",
-      412: "Invalid order_by"}),
-    ("/vm/{hostname_or_uuid}/define/backup", "get", "List VM backup definitions",
-     [VM, DISK] + LIST + [("extended", "data", B, False, "")],
-     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found", 412: "Invalid disk_id"}),
-    ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "get", "Show a backup definition",
-     [VM, DEF, DISK, ("extended", "data", B, False, "")],
-     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found / Backup definition not found",
-      412: "Invalid disk_id"}),
-    ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "post", "Create a backup definition", [VM, DEF] + DEFINITION_DATA,
-     {201: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found", 406: "Backup definition already exists",
-      412: "Invalid disk_id", 423: "Node is not operational / VM is not operational"}),
-    ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "put", "Update a backup definition", [VM, DEF] + DEFINITION_DATA,
-     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found / Backup definition not found",
-      412: "Invalid disk_id", 423: "Node is not operational / VM is not operational"}),
-    ("/vm/{hostname_or_uuid}/define/backup/{bkpdef}", "delete", "Delete a backup definition", [VM, DEF, DISK],
-     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found / Backup definition not found",
-      412: "Invalid disk_id", 423: "Node is not operational / VM is not operational"}),
-    ("/vm/{hostname_or_uuid}/backup", "get", "List VM backups",
-     [VM, DISK, ("define", "data", S, False, "Filter by definition")] + LIST,
-     {200: "SUCCESS", 400: "FAILURE", 403: "Forbidden", 404: "VM not found (a hostname several VMs had)",
-      412: "Invalid disk_id / Invalid order_by"}),
-    ("/vm/{hostname_or_uuid}/backup", "delete", "Delete several backups",
-     [VM, ("bkpnames", "data", A, True, "Backup names")],
-     {200: "SUCCESS", 201: "PENDING", 403: "Forbidden", 404: "Backup not found", 412: "Invalid bkpnames",
-      417: "VM backup status is not OK", 423: "Node is not operational / VM is not operational"}),
-    ("/vm/{hostname_or_uuid}/backup/{bkpname}", "get", "Show a backup", [VM, BKP, DISK],
-     {200: "SUCCESS", 403: "Forbidden", 404: "Backup not found", 412: "Invalid disk_id"}),
-    ("/vm/{hostname_or_uuid}/backup/{bkpname}", "post", "Create a backup ({bkpname} is the definition)",
-     [VM, BKP, DISK, ("note", "data", S, False, "Backup comment")],
-     {201: "PENDING", 400: "FAILURE", 403: "Forbidden", 404: "VM not found / Backup definition not found",
-      406: "Backup already exists", 409: "VM has pending tasks", 412: "Invalid disk_id",
-      417: "DC backup size limit reached", 423: "Node is not operational / VM is not operational",
-      428: "VM is not installed"}),
-    ("/vm/{hostname_or_uuid}/backup/{bkpname}", "put", "Restore a backup, or with `note` update its note",
-     [VM, BKP, DISK, ("target_hostname_or_uuid", "data", S, True, "Target VM"),
-      ("target_disk_id", "data", INT, True, "Target disk"), ("force", "data", B, False, "Drop snapshots (true)"),
-      ("note", "data", S, False, "New note (no restore)")],
-     {200: "SUCCESS (note)", 201: "PENDING", 400: "FAILURE", 403: "Forbidden", 404: "Backup not found / VM not found",
-      409: "VM has pending tasks", 412: "Invalid disk_id / Invalid target_disk_id",
-      417: "VM backup status is not OK / VM has snapshots",
-      423: "Node is not operational / VM is not operational / VM is not stopped / VM is locked or has slave VMs",
-      428: "VM brand mismatch / Disk size mismatch / Not enough free space on target storage"}),
-    ("/vm/{hostname_or_uuid}/backup/{bkpname}", "delete", "Delete a backup", [VM, BKP, DISK],
-     {200: "SUCCESS", 201: "PENDING", 400: "FAILURE", 403: "Forbidden", 404: "Backup not found",
-      412: "Invalid disk_id", 417: "VM backup status is not OK", 423: "Node is not operational"}),
-    ("/task", "get", "Pending task ids", [], {200: "SUCCESS", 403: "Forbidden"}),
-    ("/task/log", "get", "Log of finished jobs", [], {200: "SUCCESS", 403: "Forbidden"}),
-    ("/task/{task_id}", "get", "What a task is", [TASK], {200: "SUCCESS", 403: "Forbidden", 404: "Task not found"}),
-    ("/task/{task_id}/status", "get", "A task's status", [TASK],
-     {200: "SUCCESS", 201: "PENDING", 400: "FAILURE", 403: "Forbidden", 404: "Task not found"}),
-    ("/task/{task_id}/done", "get", "Whether a task ended", [TASK],
-     {200: "done", 403: "Forbidden", 404: "Task not found"}),
-    ("/task/{task_id}/cancel", "put", "Cancel a running job", [TASK],
-     {200: "SUCCESS", 403: "Forbidden", 404: "Task not found", 406: "Task cannot be canceled"}),
-    ("/metrics", "get", "Metrics for Prometheus (an owner gets its own VMs' series only)", [],
-     {200: "Prometheus text exposition format", 403: "Forbidden"}),
-]
+def _any_case(word: str) -> str:
+    return "".join("[%s%s]" % (c.lower(), c.upper()) if c.isalpha() else c for c in word)
 
-ENVELOPE = {"type": "object", "properties": {"task_id": {"type": S}, "status": {"type": S,
-            "enum": ["SUCCESS", "FAILURE", "PENDING"]}, "result": {}}, "required": ["task_id", "status", "result"]}
-DETAIL = {"type": "object", "properties": {"detail": {"type": S}}, "required": ["detail"]}
-LOGIN = {"type": "object", "properties": {"token": {"type": S}, "expires": {"type": "number"}, "detail": {"type": S}},
-         "required": ["token", "expires", "detail"]}
-DONE = {"type": "object", "properties": {"task_id": {"type": S}, "done": {"type": B}}, "required": ["task_id", "done"]}
-# Responses that are not the task envelope: refusals ({"detail"}), and a few routes of their own.
-TEXT = {"type": S}
-SHAPES = {("/metrics", 200): TEXT,
-          ("/accounts/login", 200): LOGIN, ("/accounts/login", 400): DETAIL, ("/accounts/logout", 200): DETAIL,
-          ("/task/{task_id}/done", 200): DONE}
-MEDIA = {("/metrics", 200): "text/plain"}  # every other answer is JSON
+
+BOOLEAN_TEXT = {"type": "string", "pattern": r"^\s*(%s)\s*$" % "|".join(
+    _any_case(w) for w in sorted(validation.TRUE | validation.FALSE)),
+    "description": "true: %s; false: %s (any case)" % (", ".join(sorted(validation.TRUE)),
+                                                       ", ".join(sorted(validation.FALSE)))}
+INTEGER_TEXT = {"type": "string", "pattern": r"^\s*[-+]?[0-9]{1,20}\s*$"}
+NULL_TEXT = {"type": "string", "enum": ["", "null", "none"]}
+
+
+def schema_of(param: Param, in_query: bool) -> dict:
+    """The accepted forms of a parameter; in a query string only the text forms."""
+    if param.kind == BOOLEAN:
+        forms = [{"type": "boolean"}, BOOLEAN_TEXT]
+    elif param.kind == INTEGER:
+        number = {"type": "integer"}
+        if param.low is not None:
+            number["minimum"] = param.low
+        if param.high is not None:
+            number["maximum"] = param.high
+        forms = [number, INTEGER_TEXT] + ([NULL_TEXT] if param.nullable else [])
+    elif param.kind == COMPRESSION:
+        codes = [int(code) for code in facts.API_COMPRESSIONS]
+        forms = [{"type": "integer", "enum": codes},
+                 {"type": "string", "enum": facts.API_COMPRESSIONS + facts.COMPRESSION_NAMES}]
+    elif param.kind == NAMES:
+        forms = [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string", "minLength": 1}]
+    else:
+        assert param.kind == STRING, param
+        forms = [dict({"type": "string"}, **({"maxLength": param.max_length} if param.max_length else {}))]
+    if in_query:
+        forms = [f for f in forms if f["type"] == "string"]
+    schema = forms[0] if len(forms) == 1 else {"oneOf": forms}
+    if param.nullable and not in_query:
+        schema = dict(schema, nullable=True)
+    if param.default is not None:  # in a query string as its text
+        default = param.default
+        if in_query and not isinstance(default, str):
+            default = str(default).lower() if isinstance(default, bool) else str(default)
+        schema = dict(schema, default=default)
+    return schema
+
+
+NULLABLE_STRING = {"type": "string", "nullable": True}
+NULLABLE_INTEGER = {"type": "integer", "nullable": True}
+COMPRESSION_VALUE = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
+SCHEMAS = {
+    "Definition": {"type": "object", "properties": {
+        "hostname": {"type": "string"}, "vm_uuid": {"type": "string"}, "name": {"type": "string"},
+        "disk_id": {"type": "integer"}, "type": {"type": "integer", "enum": sorted(facts.TYPES)},
+        "node": {"type": "string"}, "zpool": {"type": "string"}, "desc": {"type": "string"},
+        "bwlimit": NULLABLE_INTEGER, "active": {"type": "boolean"}, "schedule": {"type": "string"},
+        "retention": {"type": "integer"}, "compression": COMPRESSION_VALUE, "fsfreeze": {"type": "boolean"},
+        "keep_snapshot": {"type": "boolean"},
+        "verified": dict(NULLABLE_STRING, description="When a drill last proved a backup of it (extension)"),
+        "verified_age": dict(NULLABLE_INTEGER, description="Seconds since `verified`"),
+        "backups": {"type": "integer", "description": "Only when extended"}}},
+    "Backup": {"type": "object", "properties": {
+        "hostname": {"type": "string", "description": "The hostname it was made under"},
+        "vm_uuid": {"type": "string"}, "vm": dict(NULLABLE_STRING, description="The VM's current hostname"),
+        "define": {"type": "string"}, "name": {"type": "string"}, "disk_id": {"type": "integer"},
+        "type": {"type": "integer", "enum": sorted(facts.TYPES)}, "node": {"type": "string"},
+        "zpool": {"type": "string"}, "created": {"type": "string"},
+        "status": {"type": "integer", "enum": sorted(facts.STATUSES),
+                   "description": ", ".join("%d %s" % item for item in sorted(facts.STATUSES.items()))},
+        "size": NULLABLE_INTEGER, "time": {"type": "number", "nullable": True}, "file_path": NULLABLE_STRING,
+        "note": NULLABLE_STRING,
+        "verified": dict(NULLABLE_STRING, description="When a restore drill last proved it (extension)"),
+        "verify_status": dict(NULLABLE_STRING, description="passed or failed: the last drill (extension)"),
+        "checksum": dict(NULLABLE_STRING, description="File backups only")}},
+}
+REF = {name: {"$ref": "#/components/schemas/" + name} for name in SCHEMAS}
+RESULTS = {
+    "definitions": {"oneOf": [{"type": "array", "items": {"type": "string"}},
+                              {"type": "array", "items": REF["Definition"]}]},
+    "definition": REF["Definition"],
+    "backups": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "array", "items": REF["Backup"]}]},
+    "backup": REF["Backup"],
+    "message": {"type": "object", "properties": {"message": {"type": "string"}}, "nullable": True},
+    "null": {"nullable": True},
+    "task_ids": {"type": "array", "items": {"type": "string"}},
+    "task_log": {"type": "array", "items": {"type": "object", "properties": {
+        k: {} for k in ("time", "task", "status", "username", "msg", "detail", "object_name")}}},
+    "task_info": {"type": "object"},
+    "job_result": {"type": "object", "nullable": True, "properties": {
+        "returncode": {"type": "integer"}, "message": {"type": "string"}, "detail": {}}},
+}
+
+STATUSES = ["SUCCESS", "FAILURE", "PENDING"]
+DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+LOGIN = {"type": "object", "properties": {"token": {"type": "string"}, "expires": {"type": "number"},
+                                          "detail": {"type": "string"}}, "required": ["token", "expires", "detail"]}
+DONE = {"type": "object", "properties": {"task_id": {"type": "string"}, "done": {"type": "boolean"}},
+        "required": ["task_id", "done"]}
+# Answers that are neither the task envelope nor a refusal ({"detail"}).
+SHAPES = {("/metrics", 200): ("text/plain", {"type": "string"}),
+          ("/openapi.json", 200): ("application/json", {"type": "object"}),
+          ("/accounts/login", 200): ("application/json", LOGIN),
+          ("/accounts/login", 400): ("application/json", DETAIL),
+          ("/accounts/logout", 200): ("application/json", DETAIL),
+          ("/task/{task_id}/done", 200): ("application/json", DONE)}
 REFUSALS = (403, 404, 406, 409, 412, 413, 417, 423, 428, 429)
 
 
-def _operation(path: str, method: str, summary: str, params: list, responses: dict) -> dict:
-    location = "query" if method == "get" else None
-    op = {"summary": summary, "operationId": "%s %s" % (method, summary), "parameters": [], "responses": {}}
-    body = {}
-    required = []
-    for name, where, kind, req, desc in params:
-        schema = {"type": kind} if kind != A else {"type": A, "items": {"type": S}}
-        if where == "path" or location:
-            op["parameters"].append({"name": name, "in": where if where == "path" else "query",
-                                     "required": req if where == "path" else False, "description": desc,
-                                     "schema": {"type": S} if where != "path" and kind != S else schema})
-        else:
-            body[name] = dict(schema, description=desc)
-            if req:
-                required.append(name)
-    if body:
-        op["requestBody"] = {"content": {"application/json": {"schema": {
-            "type": "object", "properties": body, "required": required} if required else {
-            "type": "object", "properties": body}}}}
-    for code, desc in responses.items():
-        shape = SHAPES.get((path, code)) or (DETAIL if code in REFUSALS else ENVELOPE)
-        media = MEDIA.get((path, code), "application/json")
-        op["responses"][str(code)] = {"description": desc, "content": {media: {"schema": shape}}}
+def envelope(status: str, result: dict) -> dict:
+    return {"type": "object", "properties": {"task_id": {"type": "string"}, "status": {"type": "string",
+            "enum": [status]}, "result": result}, "required": ["task_id", "status", "result"]}
+
+
+def _response(route: Route, code: int) -> tuple[str, dict]:
+    if (route.path, code) in SHAPES:
+        return SHAPES[route.path, code]
+    if code in REFUSALS:
+        return "application/json", DETAIL
+    if code == 201 and route.method != "POST" or code == 201 and route.result is None:  # a job started
+        return "application/json", envelope("PENDING", {"nullable": True})
+    if code == 400:  # field -> messages, non_field_errors, or (a job's status) what failed
+        return "application/json", envelope("FAILURE", {})
+    if route.path == "/task/{task_id}/status":
+        return "application/json", envelope("SUCCESS", RESULTS["job_result"])
+    return "application/json", envelope("SUCCESS", RESULTS[route.result] if route.result else {})
+
+
+def operation(route: Route) -> dict:
+    in_query = route.method == "GET"
+    op: dict = {"summary": route.summary, "operationId": "%s_%s" % (route.method.lower(), route.handler),
+                "parameters": [{"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name],
+                                "schema": {"type": "string"}} for name in route.path_params],
+                "responses": {}}
+    if route.public:
+        op["security"] = []
+    if in_query:
+        op["parameters"] += [{"name": p.name, "in": "query", "required": p.required, "description": p.description,
+                              "schema": schema_of(p, True)} for p in route.params]
+    elif route.params:
+        body = {"type": "object", "properties": {p.name: dict(schema_of(p, False), description=p.description)
+                                                 for p in route.params}}
+        required = [p.name for p in route.params if p.required]
+        if required:
+            body["required"] = required
+        op["requestBody"] = {"content": {"application/json": {"schema": body}}}
+    for code, description in sorted(route.responses.items()):
+        media, schema = _response(route, code)
+        op["responses"][str(code)] = {"description": description, "content": {media: {"schema": schema}}}
     return op
 
 
-def spec() -> dict:
+def spec(routes: Iterable[Route] = ROUTES) -> dict:
+    """The document for the given routes (those an application registered; by default every route)."""
     paths: dict = {}
-    for path, method, summary, params, responses in ROUTES:
-        paths.setdefault("/api" + path, {})[method] = _operation(path, method, summary, params, responses)
+    for route in routes:
+        paths.setdefault("/api" + route.path, {})[route.method.lower()] = operation(route)
     return {"openapi": "3.0.3",
             "info": {"title": "vmbackup VM backup API (Danube Cloud compatible)", "version": __version__},
-            "components": {"securitySchemes": {
+            "components": {"schemas": SCHEMAS, "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
                           "description": "Token <token from /api/accounts/login/>"},
                 "apikey": {"type": "apiKey", "in": "header", "name": "ES-API-KEY"}}},

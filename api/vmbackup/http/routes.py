@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from vmbackup.app.auth import Auth, token_of
 from vmbackup.app.service import Service
 from vmbackup.domain import errors, validation
 from vmbackup.http.openapi import spec
+from vmbackup.http.table import ROUTES, Route
 
 JSON = "application/json"
 MAX_DEPTH = 32  # nesting of a request's JSON: the API's bodies are flat; deeper is an attack or a mistake
@@ -234,15 +236,16 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         if len(path) > 1 and path.endswith("/"):
             bottle.request.environ["PATH_INFO"] = path.rstrip("/")
 
-    def handler(fn: Callable, public: bool = False) -> Callable:
-        """Authenticate, call, and turn refusals into their responses; add the es_* headers."""
+    def handler(fn: Callable, entry: Route) -> Callable:
+        """Authenticate, call with the path's values in its order, and turn refusals into their responses;
+        add the es_* headers."""
         def wrapped(**kwargs):
             user = None
             try:
-                if not public:
+                if not entry.public:
                     user = auth.authenticate(bottle.request.get_header("Authorization"),
                                              bottle.request.get_header("ES-API-KEY"))
-                response = fn(user, **kwargs)
+                response = fn(user, *(kwargs[name] for name in entry.path_params))
             except errors.ApiError as err:
                 response = _json({"detail": err.detail}, err.status)
                 if getattr(err, "retry_after", None):
@@ -271,9 +274,6 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
             return stream(service, task_id, limit=stream_limit)
         return envelope(task_id, "PENDING", None, 201)
 
-    def route(path: str, method: str, fn: Callable, public: bool = False) -> None:
-        app.route(path, method, handler(fn, public))
-
     # -- accounts ---------------------------------------------------------------------------------
     def login(_user):
         data = params()
@@ -288,9 +288,6 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
             auth.logout(token)
         return _json({"detail": "Bye."}, 200)
 
-    route("/api/accounts/login", "POST", login, public=True)
-    route("/api/accounts/logout", "GET", logout)
-
     # -- definitions --------------------------------------------------------------------------------
     listings = ListCache()
 
@@ -301,34 +298,35 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         text = listings.get(service.data_version(), key, lambda: service.list_definitions(user, query))
         return envelope_of(service.task_id(user, "d"), text)
 
-    route("/api/vm/define/backup", "GET", all_definitions)
-    route("/api/vm/<vm>/define/backup", "GET",
-          lambda user, vm: sync(user, service.list_definitions(user, params(), vm)))
-    route("/api/vm/<vm>/define/backup/<name>", "GET",
-          lambda user, vm, name: sync(user, service.get_definition(user, vm, name, params())))
-    route("/api/vm/<vm>/define/backup/<name>", "POST",
-          lambda user, vm, name: sync(user, service.create_definition(user, vm, name, params()), 201))
-    route("/api/vm/<vm>/define/backup/<name>", "PUT",
-          lambda user, vm, name: sync(user, service.update_definition(user, vm, name, params())))
+    def vm_definitions(user, vm):
+        return sync(user, service.list_definitions(user, params(), vm))
+
+    def get_definition(user, vm, name):
+        return sync(user, service.get_definition(user, vm, name, params()))
+
+    def create_definition(user, vm, name):
+        return sync(user, service.create_definition(user, vm, name, params()), 201)
+
+    def update_definition(user, vm, name):
+        return sync(user, service.update_definition(user, vm, name, params()))
 
     def delete_definition(user, vm, name):
         service.delete_definition(user, vm, name, params())
         return sync(user, None)
 
-    route("/api/vm/<vm>/define/backup/<name>", "DELETE", delete_definition)
-
     # -- backups ------------------------------------------------------------------------------------
-    route("/api/vm/<vm>/backup", "GET", lambda user, vm: sync(user, service.list_backups(user, vm, params())))
+    def list_backups(user, vm):
+        return sync(user, service.list_backups(user, vm, params()))
 
-    def delete_many(user, vm):
+    def delete_backups(user, vm):
         outcome = service.delete_backups(user, vm, params())
         return pending(outcome) or sync(user, outcome)
 
-    route("/api/vm/<vm>/backup", "DELETE", delete_many)
-    route("/api/vm/<vm>/backup/<name>", "GET",
-          lambda user, vm, name: sync(user, service.get_backup(user, vm, name, params())))
-    route("/api/vm/<vm>/backup/<name>", "POST",
-          lambda user, vm, name: pending(service.create_backup(user, vm, name, params())))
+    def get_backup(user, vm, name):
+        return sync(user, service.get_backup(user, vm, name, params()))
+
+    def create_backup(user, vm, name):
+        return pending(service.create_backup(user, vm, name, params()))
 
     def put_backup(user, vm, name):
         data = params()
@@ -336,16 +334,22 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
             return sync(user, service.set_note(user, vm, name, data))
         return pending(service.restore_backup(user, vm, name, data))
 
-    def delete_one(user, vm, name):
+    def delete_backup(user, vm, name):
         outcome = service.delete_backup(user, vm, name, params())
         return pending(outcome) or sync(user, outcome)
 
-    route("/api/vm/<vm>/backup/<name>/verify", "PUT",
-          lambda user, vm, name: pending(service.verify_backup(user, vm, name, params())))
-    route("/api/vm/<vm>/backup/<name>", "PUT", put_backup)
-    route("/api/vm/<vm>/backup/<name>", "DELETE", delete_one)
+    def verify_backup(user, vm, name):
+        return pending(service.verify_backup(user, vm, name, params()))
 
-    # -- tasks --------------------------------------------------------------------------------------
+    # -- sync and tasks -----------------------------------------------------------------------------
+    def sync_nodes(user):
+        data = params()
+        node = data.get("node") or None
+        fields = validation.Fields(data)
+        adopt = fields.boolean("adopt", False)  # admin only, as every sync: import backups of VMs nobody reports
+        fields.raise_if_any()
+        return pending(service.sync(user, node if isinstance(node, str) else None, adopt=adopt))
+
     def task_list(user):
         return sync(user, service.pending_task_ids(user))
 
@@ -367,35 +371,31 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         service.cancel(user, task_id)
         return envelope(task_id, "SUCCESS", {"message": "Task canceled"}, 200)
 
-    def sync_nodes(user):
-        data = params()
-        node = data.get("node") or None
-        fields = validation.Fields(data)
-        adopt = fields.boolean("adopt", False)  # admin only, as every sync: import backups of VMs nobody reports
-        fields.raise_if_any()
-        return pending(service.sync(user, node if isinstance(node, str) else None, adopt=adopt))
-
-    route("/api/sync", "PUT", sync_nodes)
-    route("/api/task", "GET", task_list)
-    route("/api/task/log", "GET", task_log)
-    route("/api/task/<task_id>", "GET", task_detail)
-    route("/api/task/<task_id>/status", "GET", task_status)
-    route("/api/task/<task_id>/done", "GET", task_done)
-    route("/api/task/<task_id>/cancel", "PUT", task_cancel)
-
+    # -- extensions ---------------------------------------------------------------------------------
     def get_metrics(user):
         response = bottle.HTTPResponse(metrics.render(user), status=200)
         response.content_type = metrics.content_type
         return response
 
-    if metrics is not None:
-        route("/api/metrics", "GET", get_metrics)
+    def openapi(_user):
+        return _json(spec(registered), 200)
 
-    @app.route("/api/openapi.json", "GET")
-    def openapi():
-        return _json(spec(), 200)
-
+    # -- the route table: each entry's handler, by name, under its path ----------------------------
+    handlers = {fn.__name__: fn for fn in (
+        login, logout, all_definitions, vm_definitions, get_definition, create_definition, update_definition,
+        delete_definition, list_backups, delete_backups, get_backup, create_backup, put_backup, delete_backup,
+        verify_backup, sync_nodes, task_list, task_log, task_detail, task_status, task_done, task_cancel,
+        get_metrics, openapi)}
+    registered = [r for r in ROUTES if not (r.optional and metrics is None)]  # the one optional route: metrics
+    for entry in registered:
+        app.route(bottle_path(entry), entry.method, handler(handlers[entry.handler], entry))
+    app.config["vmbackup.routes"] = registered
     return app
+
+
+def bottle_path(entry: Route) -> str:
+    """/vm/{hostname_or_uuid}/backup -> /api/vm/<hostname_or_uuid>/backup"""
+    return "/api" + re.sub(r"{(\w+)}", r"<\1>", entry.path)
 
 
 def status_response(task: dict) -> bottle.HTTPResponse:
