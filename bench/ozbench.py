@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,53 @@ SUBNET = "10.79.30"
 NODES = [("ozb-compute", "compute"), ("ozb-backup", "backup")]
 POOL = "zones"
 STAGES = Path(__file__).resolve().parent / "stages.py"
+
+# `--data text`: log-like lines (a timestamp, a host, a program, one of 32 messages, a status, a duration, a fixed
+# client and agent), about 5x with lz4 in 16 KiB blocks (OpenZFS's default volblocksize), so that each block fits
+# in one 4 KiB sector (ashift=12): 4x on the zvol. Run on a guest as
+# `python3 -c TEXT_WRITER <device> <offset MiB> <MiB> <seed>`: the seed (the data's name) makes each write new.
+TEXT_WRITER = """
+import os, random, sys
+device, offset_mb, mib, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = random.Random(seed)
+words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(400)]
+messages = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))) for _ in range(32)]
+hosts = ["web%02d" % n for n in range(8)]
+apps = ["nginx[1021]", "sshd[812]", "cron[640]", "postgres[1533]", "app-worker[2210]", "kernel"]
+statuses = (200, 200, 200, 304, 404, 500)
+stamp = 1700000000000 + rng.randrange(10 ** 9)
+rand, choice = rng.random, rng.choice
+fd = os.open(device, os.O_WRONLY)
+os.lseek(fd, offset_mb << 20, 0)
+left, carry = mib << 20, b""
+while left > 0:
+    lines = []
+    for _ in range(8192):
+        stamp += int(rand() * 100)
+        lines.append("%d.%03d %s %s: %s status=%d took=%dms client=10.20.0.17 agent=\\"Mozilla/5.0 (X11)\\"\\n" % (
+            stamp // 1000, stamp % 1000, choice(hosts), choice(apps), choice(messages), choice(statuses),
+            int(rand() * 40)))
+    carry += "".join(lines).encode()
+    while len(carry) >= min(left, 1 << 20) and left > 0:
+        n = min(left, 1 << 20)
+        os.write(fd, carry[:n])
+        carry, left = carry[n:], left - n
+os.fsync(fd)
+os.close(fd)
+"""
+
+# Release every user hold on the snapshots under a dataset (the send module holds the base of the next incremental
+# on both nodes; a held snapshot cannot be destroyed or rolled back over). `python3 -c RELEASE <dataset>` on a guest.
+RELEASE = """
+import subprocess, sys
+def zfs(*args):
+    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True).stdout
+for line in zfs("list", "-H", "-o", "name,userrefs", "-t", "snapshot", "-r", sys.argv[1]).splitlines():
+    name, refs = line.split("\\t")
+    if refs.strip() not in ("0", "-"):
+        for hold in zfs("holds", "-H", name).splitlines():
+            zfs("release", hold.split("\\t")[1], name)
+"""
 
 
 def make_lab(pool_size: str = "3G") -> OpenZfsLab:
@@ -80,26 +128,44 @@ class OzNodes:
     def guid(self, guest: Guest, name: str) -> str:
         return self.zfs(guest, "get", "-H", "-o", "value", "guid", name).strip()
 
+    def release_holds(self, guest: Guest, dataset: str) -> None:
+        """Release the holds on every snapshot under `dataset` (the module's, on the bases it keeps)."""
+        self.run(guest, ["python3", "-c", RELEASE, dataset])
+
     def destroy(self, guest: Guest, name: str) -> None:
         if self.exists(guest, name):
+            self.release_holds(guest, name)
             self.zfs(guest, "destroy", "-r", name)
 
     def rollback_to(self, guest: Guest, target: str, snapshot: str) -> None:
-        """Put a backup dataset back at `snapshot`, dropping what an earlier incremental receive added."""
+        """Put a backup dataset back at `snapshot`, dropping what an earlier incremental receive added (and
+        releasing the holds that would keep it)."""
         newest = self.zfs(guest, "list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", target).split()
         if newest and newest[-1] != "%s@%s" % (target, snapshot):
+            self.release_holds(guest, target)
             self.zfs(guest, "rollback", "-r", "%s@%s" % (target, snapshot))
 
     def reset(self) -> None:
         """A clean start on a lab an earlier run kept (--keep-lab) or left: every dataset in both pools goes."""
         for guest in (self.compute, self.backup):
             for name in self.zfs(guest, "list", "-H", "-o", "name", "-d", "1", POOL).split()[1:]:
+                self.release_holds(guest, name)
                 self.zfs(guest, "destroy", "-r", name)
 
-    def stream_bytes(self, guest: Guest, snapshot: str, base: str | None = None) -> int:
-        """Send the stream once into `wc -c` on its own guest: its size, and a warm ARC for what follows."""
-        send = "zfs send %s%s | wc -c" % ("-i @%s " % base if base else "", snapshot)
-        return int(self.run(guest, ["sh", "-c", "set -e; " + send]).stdout.split()[0])
+    def stream_bytes(self, guest: Guest, snapshot: str, base: str | None = None, flags: tuple[str, ...] = ()) -> int:
+        """Send the stream once into `wc -c` on its own guest (`zfs send [flags] [-i @base] snapshot`, the
+        words as arguments of `sh -c`): its size, and a warm ARC for what follows."""
+        send = ["zfs", "send", *flags, *(["-i", "@" + base] if base else []), snapshot]
+        script = 'set -e; "$@" | wc -c'
+        return int(self.run(guest, ["sh", "-c", script, "sh", *send]).stdout.split()[0])
+
+    def write_text(self, guest: Guest, volume: str, name: str, mib: int, offset_mb: int | None = None) -> None:
+        """`mib` MiB of compressible text (TEXT_WRITER, seeded by `name`) into the zvol, at `offset_mb` (default:
+        a place that `name` picks, as the lab's write_data picks it for random data)."""
+        size_mb = int(self.zfs(guest, "get", "-Hp", "-o", "value", "volsize", volume)) // 2**20
+        if offset_mb is None:
+            offset_mb = zlib.crc32(name.encode()) % max(1, size_mb - mib)
+        self.run(guest, ["python3", "-c", TEXT_WRITER, "/dev/zvol/" + volume, str(offset_mb), str(mib), name])
 
     # -- timed pipelines ---------------------------------------------------------------------------
     def timed(self, guest: Guest, stages: list[list[str]], output: str | None = None) -> float:
