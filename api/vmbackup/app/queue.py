@@ -44,7 +44,7 @@ class JobQueue:
         self._starting: set[str] = set()  # handed to the launcher, not started yet (they count as running)
         self._launcher_started = False  # its thread starts with the first launch: a record command starts none
 
-    def _launch(self, task_id: str) -> None:
+    def _to_launcher(self, task_id: str) -> None:
         """Hand a recorded task to the launcher thread (started now if this is the first)."""
         with self._lock:
             if not self._launcher_started:
@@ -80,7 +80,7 @@ class JobQueue:
         with self._lock:
             self._starting.add(task["task_id"])
         # Never a run for a task that is not on disk yet (a caller's transaction may still be open).
-        self.store.after_commit(lambda: self._launch(task["task_id"]))
+        self.store.after_commit(lambda: self._to_launcher(task["task_id"]))
 
     def _launcher(self) -> None:
         while True:
