@@ -59,7 +59,7 @@ def _signature(path: str) -> tuple | None:
 
 
 class PartitionStorage(Storage):
-    """TinyDB storage that keeps one file's data in memory: a write hands its changes to the store (for the
+    """TinyDB storage that keeps one file's data in memory: a write hands its changes to the data dir (for the
     journal) instead of writing the file; `flush` writes the file atomically at a checkpoint."""
 
     def __init__(self, path: str, **_kwargs):
