@@ -312,3 +312,20 @@ def test_a_checkpoint_cut_short_loses_nothing_at_the_next_one(tmp_path):
     os.remove(os.path.join(tmp_path, "generation"))  # nothing but the files now
     reopened = Store(str(tmp_path))
     assert [b["name"] for b in reopened.backups(vm_uuid=UUID)] == ["daily-1"] and reopened.get_task("t1")
+
+
+def test_two_stores_inserting_in_turn_never_reuse_a_document_id(tmp_path):
+    """A TinyDB table caches the next document id it will give; the other process may have used it since.
+    Each store's inserts in turn (journal replay), and after a checkpoint (files re-read), keep every record."""
+    first, second = Store(str(tmp_path)), Store(str(tmp_path))
+    for i in range(6):
+        store = (first, second)[i % 2]
+        store.insert_task({"task_id": "t%d" % i, "status": "SUCCESS"})
+        store.log({"task_id": "t%d" % i})
+        store.insert_backup(a_backup("daily-%d" % i))
+        if i == 3:
+            assert first.checkpoint() >= 2
+    for store in (first, second, Store(str(tmp_path))):
+        assert all(store.get_task("t%d" % i) for i in range(6))
+        assert sorted(e["task_id"] for e in store.task_log()) == ["t%d" % i for i in range(6)]
+        assert {b["name"] for b in store.backups(vm_uuid=UUID)} == {"daily-%d" % i for i in range(6)}

@@ -1,55 +1,31 @@
-"""The store: TinyDB documents, partitioned so that a write costs the same at any size, and shared safely
-by every process that opens the same data dir (the service, a second service, `vmbackup user ...`).
+"""The store: the service's records as TinyDB documents, partitioned so that a write costs the same at any
+size, with the lookups the service needs kept in memory. The files, transactions, journal and checkpoints
+under it, shared safely by every process that opens the same data dir, are the storage engine's
+(`storage.py`).
 
 Each VM has a TinyDB file of its own (`vms/<uuid>.json`: the VM, its definitions, its backups), which
 outlives the VM. Users, tokens and nodes live in `main.json`; tasks and the task log in one file per
-UTC day.
-
-`Store.lock` is one transaction: a thread lock, and across processes an exclusive `flock` on
-`<data dir>/store.lock`. A transaction's changes are committed as one line of the journal (`journal.py`)
-with one fdatasync, after the locks are released (so one sync serves every transaction written before
-it, and nobody waits for another's disk); the caller returns once its line is on disk. A checkpoint
-(`Store.checkpoint`, every few seconds in the service, and at open) writes the files the journal touched,
-each atomically (temporary file, fsync, rename), and then drops those journal segments. A crash leaves
-whole files and a journal whose whole lines are replayed over them at the next open.
-
-The shared memory file `<data dir>/generation` holds a generation counter bumped by every commit, the
-journal segment written to (head) and the oldest one not yet checkpointed (tail). On entering the lock a
-store whose generation is behind reads the journal lines other processes wrote, and one whose tail is
-behind (a checkpoint ended) re-reads the files it changed. So a read-modify-write never works on stale
-data and no record written by another process is lost. Files are private: the data dir 0700, files 0600.
+UTC day. `Store.lock` is one transaction (`storage.DataDir.lock`): inside it, every read sees what any
+process wrote before, and every write is committed with the others as one journal line.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import fcntl
-import json
-import logging
-import mmap
 import os
-import re
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from tinydb import Query, TinyDB
-from tinydb.storages import Storage
 from tinydb.table import Document
 
 from vmbackup.domain import errors
-from vmbackup.store.journal import Journal, fsync_folder
+from vmbackup.store.storage import DataDir, PartitionStorage, is_data_dir
+
+__all__ = ["Ambiguous", "Store", "is_data_dir"]
 
 Doc = dict
-log = logging.getLogger("vmbackup.store")
-FILE_MODE, DIR_MODE = 0o600, 0o700
-# A file changed within this many seconds is re-read on a sync even if its stat looks the same: file
-# times are only as fine as the kernel's clock tick, so two writes in one tick can share an mtime.
-RECENT = 2.0
-# Which file of the data dir a journal line may name: one of ours, never a path out of its folder.
-PARTITION_RE = re.compile(r"(main|vms/[^/\x00]{1,200}|tasks/[0-9]{4}-[0-9]{2}-[0-9]{2})\.json\Z")
 
 
 class Ambiguous(LookupError):
@@ -59,111 +35,6 @@ class Ambiguous(LookupError):
         super().__init__(hostname)
         self.hostname = hostname
         self.uuids = sorted(uuids)
-
-
-def _signature(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-class PartitionStorage(Storage):
-    """TinyDB storage that keeps one file's data in memory: a write hands its changes to the store (for the
-    journal) instead of writing the file; `flush` writes the file atomically at a checkpoint."""
-
-    def __init__(self, path: str, **_kwargs):
-        super().__init__()
-        self.path = path
-        self.name = ""  # the file's path in the data dir: how the journal names it
-        self._data: dict | None = None
-        self._loaded = False
-        self.signature: tuple | None = None
-        self.on_write: Callable[[PartitionStorage, dict | None, dict], None] | None = None
-
-    def load(self) -> None:
-        """(Re-)read the file as it is on disk now."""
-        self.signature = _signature(self.path)
-        if self.signature is None:
-            self._data = None
-        else:
-            with open(self.path) as handle:
-                self._data = json.load(handle)
-        self._loaded = True
-
-    def stale(self, now: float) -> bool:
-        """Whether another process may have written the file since it was read."""
-        signature = _signature(self.path)
-        return signature != self.signature or (signature is not None and now - signature[1] / 1e9 < RECENT)
-
-    def peek(self) -> dict:
-        """The cached data itself, for readers that copy what they return (no copy here). It is never
-        changed in place: every write replaces it, so a reference to it is a snapshot."""
-        if not self._loaded:
-            self.load()
-        return self._data or {}
-
-    def read(self) -> dict | None:
-        data = self.peek()
-        if self._data is None:
-            return None
-        # TinyDB edits the documents it reads (top-level fields only) before writing them back: copies,
-        # two levels deep, keep those edits out of the cache (and out of snapshots being flushed).
-        return {table: {doc_id: dict(doc) for doc_id, doc in docs.items()} for table, docs in data.items()}
-
-    def write(self, data: dict) -> None:
-        old = self._data
-        self.replace(data)
-        if self.on_write is not None:
-            self.on_write(self, old, data)
-
-    def replace(self, data: dict | None) -> None:
-        self._data = data
-        self._loaded = True
-
-    def flush(self, data: dict) -> None:
-        """Write `data` as the file: a temporary file, fsync, rename (a crash leaves the old or the new)."""
-        tmp = "%s.tmp-%d-%d" % (self.path, os.getpid(), threading.get_ident())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, separators=(",", ":")))  # dumps: the C encoder
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        self.signature = _signature(self.path)
-
-    def close(self) -> None:
-        pass
-
-
-def changes(old: dict | None, new: dict) -> dict:
-    """The documents `new` adds, changes or removes against `old`, as a journal line holds them."""
-    old = old or {}
-    found: dict = {}
-    for table in set(old) | set(new):
-        before, after = old.get(table, {}), new.get(table, {})
-        table_changes = {doc_id: doc for doc_id, doc in after.items() if before.get(doc_id) != doc}
-        table_changes.update({doc_id: None for doc_id in before if doc_id not in after})
-        if table_changes:
-            found[table] = table_changes
-    return found
-
-
-def applied(data: dict | None, table_changes: dict) -> dict:
-    """`data` with a journal line's changes of one file (a new object: data is never changed in place)."""
-    result = dict(data or {})
-    for table, docs in table_changes.items():
-        if not isinstance(docs, dict):
-            continue
-        current = dict(result.get(table, {}))
-        for doc_id, doc in docs.items():
-            if doc is None:
-                current.pop(doc_id, None)
-            elif isinstance(doc, dict):
-                current[doc_id] = doc
-        result[table] = current
-    return result
 
 
 def token_id(token_hash: str) -> int:
@@ -180,106 +51,12 @@ def utc_day(when: datetime.datetime | None = None) -> str:
     return (when or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d")
 
 
-def is_data_dir(path: str) -> bool:
-    """Whether a store was ever opened at `path` (opening one makes the data dir)."""
-    return os.path.isfile(os.path.join(path, "generation"))
-
-
-def make_private(data_dir: str) -> None:
-    """The data dir 0700 and every file in it 0600 (they hold password, token and key hashes)."""
-    os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
-    os.chmod(data_dir, DIR_MODE)
-    for folder in ("", "vms", "tasks", "journal"):
-        path = os.path.join(data_dir, folder)
-        if not os.path.isdir(path):
-            continue
-        if folder:
-            os.chmod(path, DIR_MODE)
-        for entry in os.scandir(path):
-            if entry.is_file(follow_symlinks=False):
-                os.chmod(entry.path, FILE_MODE)
-
-
-class _Transaction:
-    """The store's lock: reentrant for threads, an exclusive flock across processes, and on entry a sync
-    with what other processes wrote. Leaving the outermost level commits what was written (one journal
-    line), releases the locks, waits for the line to be on disk and then runs the `after_commit` calls."""
-
-    def __init__(self, store: Store):
-        self._store = store
-        self._thread = threading.RLock()
-        self._depth = 0
-        self._owner: int | None = None
-        self._after: list[Callable[[], None]] = []
-
-    def __enter__(self) -> _Transaction:
-        self._thread.acquire()
-        self._depth += 1
-        if self._depth == 1:
-            try:
-                fcntl.flock(self._store._lock_fd, fcntl.LOCK_EX)
-                self._owner = threading.get_ident()
-                self._store._sync()
-            except BaseException:
-                self._release()
-                raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._depth > 1:
-            self._depth -= 1
-            self._thread.release()
-            return
-        ticket, after = None, []
-        try:
-            ticket = self._store._commit()
-            after = self._after
-        finally:
-            self._after = []
-            self._release()
-        if ticket is not None:
-            self._store.journal.sync(*ticket)
-        for call in after:
-            call()
-
-    def _release(self) -> None:
-        self._depth -= 1
-        self._owner = None
-        fcntl.flock(self._store._lock_fd, fcntl.LOCK_UN)
-        self._thread.release()
-
-    def held(self) -> bool:
-        return self._owner == threading.get_ident()
-
-    def after_commit(self, call: Callable[[], None]) -> None:
-        if self.held():
-            self._after.append(call)
-        else:
-            call()
-
-
 class Store:
     """Every record of the service, with the lookups the service needs kept in memory."""
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
-        make_private(data_dir)
-        for folder in ("vms", "tasks"):
-            os.makedirs(os.path.join(data_dir, folder), mode=DIR_MODE, exist_ok=True)
-        self.journal = Journal(os.path.join(data_dir, "journal"))
-        self._lock_fd = os.open(os.path.join(data_dir, "store.lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
-        self._checkpoint_fd = os.open(os.path.join(data_dir, "checkpoint.lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
-        self._shared = self._open_shared()
-        self._seen_generation = -1
-        self._dirty = False
-        self._position = (0, 0)       # the journal read (and applied) up to here: (segment, offset)
-        self._tail_seen = -1          # the oldest segment not checkpointed, when this store last looked
-        self._txn: dict[str, dict] = {}          # file -> table -> doc id -> document (None: removed)
-        self._before: dict[PartitionStorage, dict | None] = {}  # data before the transaction, for a rollback
-        self._touched: set[str] = set()          # files the journal changed since its tail
-        self._files: dict[str, TinyDB] = {}      # file -> its database
-        self.lock = _Transaction(self)
-        self._vms: dict[str, TinyDB] = {}            # vm uuid -> its partition
+        self._vms: dict[str, PartitionStorage] = {}  # vm uuid -> its partition (the file's storage)
         self._vm_host: dict[str, str | None] = {}     # vm uuid -> current hostname (None: VM deleted)
         self._hostnames: dict[str, set[str]] = {}     # current hostname -> uuids of the VMs that have it now
         self._uuid_backup_hosts: dict[str, set[str]] = {}  # vm uuid -> hostnames its backups were made under
@@ -293,235 +70,66 @@ class Store:
         # Ended backup task -> the (vm uuid, disk_id, definition) whose backup it did not make, for the
         # metrics' failure counters (those of purged tasks are kept in main.json's `counts`).
         self._task_failed: dict[str, list[tuple]] = {}
-        self._days: dict[str, TinyDB] = {}
+        self._days: dict[str, PartitionStorage] = {}  # day -> its partition
         self._newest: dict[str, tuple] = {}            # vm uuid -> (its data read, status, newest backups)
-        self.main = self._open(os.path.join(data_dir, "main.json"))
+        self.files = DataDir(data_dir, self._open_file, self._changed)
+        self.lock = self.files.lock
+        self.journal = self.files.journal
         with self.lock:
             pass  # the first sync loads every partition and replays the journal over them
         self.checkpoint(wait=False)  # what an earlier process left in the journal goes into the files
 
-    # -- files shared with other processes ------------------------------------------------------
-    def _open_shared(self) -> mmap.mmap:
-        path = os.path.join(self.data_dir, "generation")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            size = os.fstat(fd).st_size
-            if size < 24:  # generation, journal head, journal tail (an older data dir has the first only)
-                os.pwrite(fd, bytes(24 - size), size)
-            return mmap.mmap(fd, 24)
-        finally:
-            os.close(fd)
+    # -- the storage engine's, for the service and the command line ------------------------------
+    def checkpoint(self, wait: bool = True) -> int:
+        """Write every file the journal changed and drop its segments (`DataDir.checkpoint`)."""
+        return self.files.checkpoint(wait)
 
-    def _read_generation(self) -> int:
-        return struct.unpack_from("<Q", self._shared, 0)[0]
+    def start_checkpoints(self, every: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
+        """Checkpoint every `every` seconds while the journal holds anything (the service's thread)."""
+        return self.files.start_checkpoints(every, stop)
 
-    def _head_tail(self) -> tuple[int, int]:
-        return struct.unpack_from("<QQ", self._shared, 8)
+    def after_commit(self, call: Callable[[], None]) -> None:
+        """Run `call` once the current transaction is on disk (at once outside a transaction)."""
+        self.files.after_commit(call)
 
-    def _set_head_tail(self, head: int, tail: int) -> None:
-        struct.pack_into("<QQ", self._shared, 8, head, tail)
+    def generation(self) -> int:
+        """Changes with every write of any process to this data dir."""
+        return self.files.generation()
 
-    def _open(self, path: str) -> TinyDB:
-        db = TinyDB(path, storage=PartitionStorage)
-        db.storage.name = os.path.relpath(path, self.data_dir)
-        db.storage.on_write = self._wrote
-        self._files[db.storage.name] = db
-        return db
+    @property
+    def main(self) -> TinyDB:
+        """The database of `main.json`: users, tokens, nodes, purged failure counts."""
+        return self.files.db("main.json")
 
-    def _wrote(self, storage: PartitionStorage, old: dict | None, new: dict) -> None:
-        """A TinyDB write inside a transaction: its changes join the transaction's journal line."""
-        self._before.setdefault(storage, old)
-        for table, docs in changes(old, new).items():
-            self._txn.setdefault(storage.name, {}).setdefault(table, {}).update(docs)
-
-    def _commit(self) -> tuple[int, int] | None:
-        """End of the outermost transaction (under both locks): its journal line, or a rollback if that
-        cannot be written. Returns the line's (segment, end) to sync, or None when nothing was written."""
-        if not self._txn:
-            self._before.clear()
-            return None
-        txn, before = self._txn, self._before
-        self._txn, self._before = {}, {}
-        head, _tail = self._head_tail()
-        try:
-            end = self.journal.append(head, txn)
-        except OSError:
-            for storage, data in before.items():  # the transaction never happened
-                storage.replace(data)
-                self._invalidate(storage.name)
-            raise
-        self._position = (head, end)
-        self._touched.update(txn)
-        self._dirty = True
-        self._publish()
-        return head, end
-
-    def _publish(self) -> None:
-        """After a transaction that wrote: tell the other processes (under the flock, so no bump is lost)."""
-        if self._dirty:
-            self._dirty = False
-            self._seen_generation = self._read_generation() + 1
-            struct.pack_into("<Q", self._shared, 0, self._seen_generation)
-
-    def _sync(self) -> None:
-        """Catch up with what other processes wrote since this store last looked (called under the flock)."""
-        generation = self._read_generation()
-        head, tail = self._head_tail()
-        if generation == self._seen_generation and tail == self._tail_seen:
-            return
-        opening = self._seen_generation < 0
-        if opening or tail != self._tail_seen:
-            # A checkpoint ended (or this is the first look): the files hold everything before the tail.
-            self._reload_files()
-            self._touched = set()
-            present = self.journal.segments()
-            if opening and present and present[-1] > head:
-                head = present[-1]  # the shared file was lost (a reboot): the segments tell
-                self._set_head_tail(head, min(tail, present[0]))
-            self._position = ((present[0] if present else head) if opening else tail, 0)
-            self._tail_seen = tail
-            self.journal.forget(tail)
-        self._replay(head, repair=opening)
-        self._seen_generation = generation
-
-    def _reload_files(self) -> None:
-        now = time.time()
-        if self.main.storage.stale(now) or not self.main.storage._loaded:
-            self._reload(self.main)
-        for folder, index in (("vms", self._index_vm), ("tasks", self._index_day)):
-            for entry in os.scandir(os.path.join(self.data_dir, folder)):
-                if entry.name.endswith(".json"):
-                    key = entry.name[:-5]
-                    db = self._files.get(folder + "/" + entry.name)
-                    if db is None:
-                        db = self._db_for(folder + "/" + entry.name)
-                        if db is None:
-                            continue  # not a file of ours
-                    elif not db.storage.stale(now):
-                        continue
-                    self._reload(db)
-                    index(key)
-
-    def _replay(self, head: int, repair: bool = False) -> None:
-        """Apply the journal lines from this store's position up to the end of segment `head`."""
-        segment, offset = self._position
-        changed: set[str] = set()
-        while True:
-            lines, offset = self.journal.read(segment, offset, repair=repair)
-            for line in lines:
-                for name, tables in line.items():
-                    db = self._db_for(name) if isinstance(tables, dict) else None
-                    if db is not None:
-                        db.storage.replace(applied(db.storage.peek(), tables))
-                        changed.add(name)
-            if segment >= head:
-                break
-            segment, offset = segment + 1, 0
-        self._position = (segment, offset)
-        self._touched |= changed
-        for name in changed:
-            self._invalidate(name)
-
-    def _db_for(self, name: str) -> TinyDB | None:
-        """The database of a file the journal names (opened if new); None for a name that is no file of ours."""
-        if not PARTITION_RE.match(name):
-            return None
-        if name in self._files:
-            return self._files[name]
+    # -- which file holds what ------------------------------------------------------------------
+    def _open_file(self, name: str) -> TinyDB:
+        """A file the storage engine found (in the journal or a folder) that is not open yet."""
         folder, _, file = name.partition("/")
         if folder == "vms":
             return self._partition(file[:-5], create=True)
         return self._day(file[:-5])
 
-    def _invalidate(self, name: str) -> None:
-        """A file's data was replaced under TinyDB: drop its caches and index it again."""
-        db = self._files[name]
-        db.clear_cache()
-        db._tables.clear()  # a table caches its next document id, which another process may have used
+    def _changed(self, name: str) -> None:
+        """A file's data was replaced under TinyDB (another process wrote it): index it again."""
         folder, _, file = name.partition("/")
         if folder == "vms":
             self._index_vm(file[:-5])
         elif folder == "tasks":
             self._index_day(file[:-5])
 
-    # -- checkpoints ----------------------------------------------------------------------------
-    def checkpoint(self, wait: bool = True) -> int:
-        """Write every file the journal changed and drop its segments; return how many files were written.
-        One checkpoint at a time across processes (without `wait`, none if another is under way). The
-        files are written outside the store's lock: requests go on meanwhile, into a new segment."""
-        try:
-            fcntl.flock(self._checkpoint_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return 0
-        try:
-            with self.lock:
-                head, tail = self._head_tail()
-                present = [s for s in self.journal.segments() if s <= head]
-                if not present and not self._touched:
-                    return 0
-                # Data objects are never changed in place, so these references are a consistent snapshot.
-                snapshot = [(self._files[name].storage, self._files[name].storage.peek())
-                            for name in sorted(self._touched)]
-                self._touched = set()
-                self._set_head_tail(head + 1, tail)  # later commits go to a new segment
-            try:
-                for storage, data in snapshot:
-                    storage.flush(data)
-                for folder in ("vms", "tasks", ""):
-                    fsync_folder(os.path.join(self.data_dir, folder))  # the renames
-            except BaseException:
-                # Not all written: the next checkpoint writes them again, before it drops these segments.
-                with self.lock:
-                    self._touched.update(storage.name for storage, _data in snapshot)
-                raise
-            with self.lock:
-                # The others see the new tail on their next sync, re-read the files and replay from it; the
-                # generation stays (no record changed), so nothing built from the records is rebuilt.
-                self._set_head_tail(head + 1, head + 1)
-                self._tail_seen = head + 1
-            self.journal.remove(present)
-            return len(snapshot)
-        finally:
-            fcntl.flock(self._checkpoint_fd, fcntl.LOCK_UN)
-
-    def start_checkpoints(self, every: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
-        """Checkpoint every `every` seconds while the journal holds anything (the service's thread)."""
-        stop = stop or threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(every):
-                try:
-                    self.checkpoint()
-                except Exception:  # a failed checkpoint leaves the journal whole: the next one tries again
-                    log.exception("checkpoint of %s failed", self.data_dir)
-
-        thread = threading.Thread(target=loop, daemon=True, name="checkpoints")
-        thread.start()
-        return thread
-
-    def after_commit(self, call: Callable[[], None]) -> None:
-        """Run `call` once the current transaction is on disk (at once outside a transaction)."""
-        self.lock.after_commit(call)
-
-    @staticmethod
-    def _reload(db: TinyDB) -> None:
-        db.storage.load()
-        db.clear_cache()
-        db._tables.clear()  # a table caches its next document id, which another process may have used
-
     def _index_vm(self, uuid: str) -> None:
-        db = self._vms[uuid]
+        storage = self._vms[uuid]
         old = self._vm_host.get(uuid)
         if old is not None:
             self._hostnames.get(old, set()).discard(uuid)
             if not self._hostnames.get(old):
                 self._hostnames.pop(old, None)
-        vm = db.storage.peek().get("vm", {}).get("1")
+        vm = storage.peek().get("vm", {}).get("1")
         current = vm["hostname"] if vm and not vm.get("deleted") else None
         self._vm_host[uuid] = current
         if current is not None:
             self._hostnames.setdefault(current, set()).add(uuid)
-        hosts = {b["hostname"] for b in db.storage.peek().get("backups", {}).values()}
+        hosts = {b["hostname"] for b in storage.peek().get("backups", {}).values()}
         for hostname in self._uuid_backup_hosts.get(uuid, set()) - hosts:
             self._backup_hosts.get(hostname, set()).discard(uuid)
         for hostname in hosts:
@@ -529,7 +137,7 @@ class Store:
         self._uuid_backup_hosts[uuid] = hosts
 
     def _index_day(self, day: str) -> None:
-        tasks = list(self._days[day].storage.peek().get("tasks", {}).values())
+        tasks = list(self._days[day].peek().get("tasks", {}).values())
         for task_id in self._day_tasks.pop(day, set()) - {task["task_id"] for task in tasks}:  # purged
             self._task_days.pop(task_id, None)
             self._task_failed.pop(task_id, None)
@@ -558,19 +166,15 @@ class Store:
 
     def _day(self, day: str) -> TinyDB:
         if day not in self._days:
-            self._days[day] = self._open(os.path.join(self.data_dir, "tasks", day + ".json"))
-        return self._days[day]
+            self._days[day] = self.files.open(os.path.join(self.data_dir, "tasks", day + ".json"))
+        return self.files.db(self._days[day].name)
 
     def _partition(self, vm_uuid: str, create: bool = False) -> TinyDB | None:
         if vm_uuid not in self._vms and create:
-            self._vms[vm_uuid] = self._open(os.path.join(self.data_dir, "vms", vm_uuid + ".json"))
+            self._vms[vm_uuid] = self.files.open(os.path.join(self.data_dir, "vms", vm_uuid + ".json"))
             self._vm_host.setdefault(vm_uuid, None)
-        return self._vms.get(vm_uuid)
-
-    def generation(self) -> int:
-        """Changes with every write of any process to this data dir."""
-        with self.lock:
-            return self._seen_generation
+        storage = self._vms.get(vm_uuid)
+        return self.files.db(storage.name) if storage is not None else None
 
     # -- nodes ----------------------------------------------------------------------------------
     def nodes(self) -> list[Doc]:
@@ -598,7 +202,7 @@ class Store:
                 if not uuids:
                     return None
                 uuid = next(iter(uuids))
-            vm = self._vms[uuid].storage.peek().get("vm", {}).get("1")
+            vm = self._vms[uuid].peek().get("vm", {}).get("1")
             return None if vm is None or vm.get("deleted") else dict(vm)
 
     def vms(self) -> list[Doc]:
@@ -701,8 +305,8 @@ class Store:
         the scheduler asking every minute costs a lookup per VM, not a read of every backup."""
         with self.lock:
             found: dict[tuple, Doc] = {}
-            for uuid, db in self._vms.items():
-                data = db.storage.peek()
+            for uuid, storage in self._vms.items():
+                data = storage.peek()
                 cached = self._newest.get(uuid)
                 if cached is None or cached[0] is not data or cached[1] != status:
                     newest: dict[tuple, Doc] = {}
@@ -742,8 +346,8 @@ class Store:
 
     def total_backup_size(self) -> int:
         with self.lock:
-            return sum(int(b.get("size") or 0) for db in self._vms.values()
-                       for b in db.storage.peek().get("backups", {}).values())
+            return sum(int(b.get("size") or 0) for storage in self._vms.values()
+                       for b in storage.peek().get("backups", {}).values())
 
     # -- users and tokens -----------------------------------------------------------------------
     def get_user(self, username: str) -> Doc | None:
@@ -854,7 +458,7 @@ class Store:
         with self.lock:
             counts = collections.Counter(self._purged_failures())
             for day in sorted(d for d in self._days if d < cutoff):
-                db = self._days[day]
+                db = self._day(day)
                 tasks = docs(db, "tasks")
                 if any(task.get("status") == "PENDING" for task in tasks):
                     continue
