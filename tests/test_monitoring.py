@@ -336,7 +336,7 @@ def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path):
             "username": "scheduler", "started": iso(now())}
     store.insert_task(task)
     for item in items:
-        store.insert_backup(dict(item, name=item["bkpname"], status=facts.PENDING, created=iso(now())))
+        store.insert_backup(dict(item, name=item["bkpname"], status=facts.BackupStatus.PENDING, created=iso(now())))
     outcome = BackupJob().apply(store, task, RunResult("failed", 2, {"backups": {
         facts.batch_key("u", 1, "daily-1"): {"ok": True, "size": 1, "time": 1},
         facts.batch_key("u", 2, "daily-2"): {"ok": False, "msg": "dataset does not exist"}}}))

@@ -18,6 +18,7 @@ from vmbackup.app.scheduler import Scheduler
 from vmbackup.app.service import DEFINITION_FIELDS, Service, wait_for
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.engine.awx import AwxEngine
 from vmbackup.engine.runner import Runner
 from vmbackup.store.store import Store
@@ -67,7 +68,7 @@ class Application:
         if not wait:
             return self.store.get_task(task_id)
         task = wait_for(self.service, task_id, timeout=timeout, poll=0.3)
-        if task["status"] == "PENDING":
+        if task["status"] == TaskStatus.PENDING:
             raise RuntimeError("sync %s did not end within %d s" % (task_id, timeout))
         return task
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from croniter import croniter
 
 from vmbackup.domain.clock import now, parse
-from vmbackup.domain.facts import OK as GOOD
+from vmbackup.domain.facts import BackupStatus
 from vmbackup.store.store import Store, is_data_dir
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -70,7 +70,7 @@ def lateness(schedule: str, reference: datetime.datetime, when: datetime.datetim
 
 
 def newest_good(backups: list[dict]) -> dict | None:
-    good = [b for b in backups if b.get("status") == GOOD and parse(b.get("created"))]
+    good = [b for b in backups if b.get("status") == BackupStatus.OK and parse(b.get("created"))]
     return max(good, key=lambda b: parse(b["created"]), default=None)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from vmbackup.app import sync
 from vmbackup.domain import facts
 from vmbackup.domain.clock import iso, now
+from vmbackup.domain.facts import BackupStatus
 from vmbackup.domain.reported import reported_checksum, reported_path
 from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
@@ -102,7 +103,7 @@ class RestoreJob(Job):
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         b_uuid, b_disk, b_name = task["backup_key"]
-        store.update_backup(b_uuid, b_disk, b_name, {"status": facts.OK})
+        store.update_backup(b_uuid, b_disk, b_name, {"status": BackupStatus.OK})
         if run.ok:
             return Outcome(True, "name=%s, target_hostname=%s, target_disk_id=%s"
                            % (b_name, task["hostname"], task["disk_id"]))
@@ -126,7 +127,7 @@ class DeleteJob(Job):
         destroyed = [n for n in run.result.get("destroyed") or [] if n in names]
         store.delete_backups(task["vm_uuid"], task["disk_id"], destroyed)
         for name in set(names) - set(destroyed):
-            store.update_backup(task["vm_uuid"], task["disk_id"], name, {"status": facts.OK})
+            store.update_backup(task["vm_uuid"], task["disk_id"], name, {"status": BackupStatus.OK})
         return Outcome(False, run.error or run.status)
 
 
@@ -206,8 +207,9 @@ DIGEST_RE = re.compile(r"[0-9a-f]{32,128}")
 
 def made_fields(res: dict) -> dict:
     """A made backup's record fields from what its run reported, each checked."""
-    return {"status": facts.OK, "size": _int(res.get("size")), "time": _round(res.get("time")), "finished": iso(now()),
-            "file_path": reported_path(res.get("file_path")), "checksum": reported_checksum(res.get("checksum"))}
+    return {"status": BackupStatus.OK, "size": _int(res.get("size")), "time": _round(res.get("time")),
+            "finished": iso(now()), "file_path": reported_path(res.get("file_path")),
+            "checksum": reported_checksum(res.get("checksum"))}
 
 
 def _int(value) -> int | None:

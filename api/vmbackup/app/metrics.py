@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from vmbackup.app import check
 from vmbackup.domain import facts
 from vmbackup.domain.clock import now, parse
+from vmbackup.domain.facts import BackupStatus
 from vmbackup.store.store import Store
 
 DEFINITION_LABELS = ["hostname", "vm_uuid", "disk_id", "definition", "node"]
@@ -101,7 +102,7 @@ class BackupCollector(Collector):
         for name in names:
             for code, word in facts.STATUSES.items():
                 by_status.add_metric([name, word], counts.get((name, code), 0))
-            lost.add_metric([name], counts.get((name, facts.LOST), 0))
+            lost.add_metric([name], counts.get((name, BackupStatus.LOST), 0))
         running = GaugeMetricFamily("vmbackup_jobs_running", "Jobs running per backup node", labels=["node"])
         queued = GaugeMetricFamily("vmbackup_jobs_queued", "Jobs waiting for a free slot per backup node",
                                    labels=["node"])

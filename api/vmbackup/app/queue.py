@@ -19,6 +19,7 @@ from vmbackup.app import jobs
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.events import Events
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.engine.runner import Runner, RunResult
 from vmbackup.store.store import Store
 
@@ -87,7 +88,7 @@ class JobQueue:
             task_id = self._launches.get()
             try:
                 task = self.store.get_task(task_id)
-                if task is not None and task["status"] == "PENDING":  # not canceled meanwhile
+                if task is not None and task["status"] == TaskStatus.PENDING:  # not canceled meanwhile
                     self._launch(task)
             except Exception:  # one bad launch must not stop the others
                 log.exception("launching %s failed", task_id)
@@ -107,7 +108,7 @@ class JobQueue:
         fields = handle if isinstance(handle, dict) else {"pid": handle}
         self.store.update_task(task_id, dict(fields, queued=False, launched=iso(now())))
         current = self.store.get_task(task_id)
-        if current is not None and current["status"] != "PENDING":
+        if current is not None and current["status"] != TaskStatus.PENDING:
             self.runner.cancel(task_id)  # canceled while it was being started
 
     def _next(self, node: str | None) -> None:
@@ -125,13 +126,13 @@ class JobQueue:
             task_id = self._waiting[node].popleft()
             self._running[node].add(task_id)
         task = self.store.get_task(task_id)
-        if task and task["status"] == "PENDING":
+        if task and task["status"] == TaskStatus.PENDING:
             self._hand_over(task)
 
     def finish(self, task_id: str, run: RunResult) -> None:
         """Apply a finished run to the records, end its task and log it."""
         task = self.store.get_task(task_id)
-        if task is None or task["status"] != "PENDING":
+        if task is None or task["status"] != TaskStatus.PENDING:
             return
         job = jobs.for_task(task)
         try:
@@ -139,7 +140,7 @@ class JobQueue:
         except Exception as err:  # a bug in applying must still end the task and free its disks
             log.exception("applying the result of %s failed", task_id)
             outcome = jobs.Outcome(False, "the result could not be applied: %s" % err)
-        status = "SUCCESS" if outcome.ok else "FAILURE"
+        status = TaskStatus.SUCCESS if outcome.ok else TaskStatus.FAILURE
         result = {"returncode": 0 if outcome.ok else (run.rc if run.rc not in (None, 0) else 1),
                   "message": job.message(task, outcome.ok), "detail": outcome.detail}
         ended = {"status": status, "result": result, "finished": iso(now())}

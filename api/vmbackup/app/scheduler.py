@@ -22,6 +22,7 @@ from croniter import croniter
 from vmbackup.app.service import SCHEDULER, Service
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now, parse
+from vmbackup.domain.facts import TaskStatus
 
 log = logging.getLogger("vmbackup.scheduler")
 SYSTEM_USER = SCHEDULER
@@ -198,7 +199,7 @@ class Scheduler:
 
     def refused(self, definition: dict, due: datetime.datetime, reason: str) -> None:
         """Write to the task log why a due backup did not start."""
-        self.store.log({"time": iso(now()), "task": None, "status": "FAILURE", "username": "scheduler",
+        self.store.log({"time": iso(now()), "task": None, "status": TaskStatus.FAILURE, "username": "scheduler",
                         "msg": "Scheduled backup not started", "detail": "%s (due %s)" % (reason, iso(due)),
                         "object_name": definition["hostname"], "task_type": "a",
                         "define": definition["name"], "disk_id": definition["disk_id"]})

@@ -15,11 +15,11 @@ from vmbackup.app.sync import IMPORT_LIMIT
 from vmbackup.domain import errors, facts, validation
 from vmbackup.domain.clock import backup_name, iso, now, parse
 from vmbackup.domain.events import Events
-from vmbackup.domain.facts import LOST, OK, PENDING, RESTORE, TYPE_FILE
+from vmbackup.domain.facts import TYPE_FILE, BackupStatus, TaskStatus
 from vmbackup.engine.runner import Runner
 from vmbackup.store.store import Ambiguous, Store
 
-__all__ = ["Service", "iso", "now", "OK", "PENDING", "RESTORE", "LOST"]
+__all__ = ["Service", "iso", "now", "wait_for"]
 
 DEFINITION_FIELDS = ["hostname", "vm_uuid", "name", "disk_id", "type", "node", "zpool", "desc", "bwlimit", "active",
                      "schedule", "retention", "compression", "fsfreeze", "keep_snapshot"]
@@ -424,13 +424,13 @@ class Service:
             raise errors.Conflict(errors.VM_PENDING)
         record = {"hostname": vm["hostname"], "vm_uuid": vm["uuid"], "define": bkpdef, "name": name,
                   "disk_id": disk["disk_id"], "type": definition["type"], "node": definition["node"],
-                  "zpool": definition["zpool"], "created": iso(created), "status": PENDING, "size": None,
+                  "zpool": definition["zpool"], "created": iso(created), "status": BackupStatus.PENDING, "size": None,
                   "time": None, "file_path": None, "note": note, "checksum": None,
                   "disk_size": disk.get("size"), "brand": vm.get("brand")}
         # Retention runs in the same run: the newest `retention` OK backups of the definition stay, and
         # those not OK (being restored, deleted or made) are never pruned.
         protect = [b["name"] for b in self.store.backups(vm_uuid=vm["uuid"])
-                   if b["define"] == bkpdef and b["disk_id"] == disk["disk_id"] and b["status"] != OK]
+                   if b["define"] == bkpdef and b["disk_id"] == disk["disk_id"] and b["status"] != BackupStatus.OK]
         item = {"node": definition["node"], "compute_node": vm["node"], "vm_uuid": vm["uuid"],
                 "hostname": vm["hostname"], "disk_id": disk["disk_id"], "bkpdef": bkpdef, "bkpname": name,
                 "zpool": definition["zpool"], "type": definition["type"],
@@ -496,7 +496,7 @@ class Service:
         fields.integer("disk_id", 1)
         fields.raise_if_any()
         backup = self.find_backup(user, original, name, data.get("disk_id"))
-        if backup["status"] != OK:
+        if backup["status"] != BackupStatus.OK:
             raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
         self.check_node(backup["node"])
         target = self.vm_for(user, target_name)
@@ -530,16 +530,16 @@ class Service:
                                      backup_key=[backup["vm_uuid"], backup["disk_id"], backup["name"]],
                                      view="vm_backup", method="PUT"),
                           lambda: self.store.update_backup(backup["vm_uuid"], backup["disk_id"], backup["name"],
-                                                           {"status": RESTORE}))
+                                                           {"status": BackupStatus.RESTORE}))
         return task_id
 
     def delete_backup(self, user: dict, original: str, name: str, data: dict) -> str | dict:
         """Delete one backup: a LOST one from the records at once (returns a message), else by a job."""
         self.require_admin(user)
         backup = self.find_backup(user, original, name, data.get("disk_id"))
-        if backup["status"] not in (OK, LOST):
+        if backup["status"] not in (BackupStatus.OK, BackupStatus.LOST):
             raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
-        if backup["status"] == LOST:
+        if backup["status"] == BackupStatus.LOST:
             self.store.delete_backups(backup["vm_uuid"], backup["disk_id"], [backup["name"]])
             return {"message": "Backup successfully deleted from DB"}
         self.check_node(backup["node"])
@@ -559,10 +559,10 @@ class Service:
             raise errors.NotFound(errors.BACKUP_NOT_FOUND)
         if len({(b["node"], b["vm_uuid"], b["disk_id"], b["zpool"], b["type"]) for b in found}) > 1:
             raise errors.PreconditionFailed(errors.INVALID_BKPNAMES)
-        live = [b for b in found if b["status"] != LOST]
-        if any(b["status"] != OK for b in live):
+        live = [b for b in found if b["status"] != BackupStatus.LOST]
+        if any(b["status"] != BackupStatus.OK for b in live):
             raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
-        lost = [b for b in found if b["status"] == LOST]
+        lost = [b for b in found if b["status"] == BackupStatus.LOST]
         if lost:
             self.store.delete_backups(lost[0]["vm_uuid"], lost[0]["disk_id"], [b["name"] for b in lost])
         if not live:
@@ -577,7 +577,7 @@ class Service:
 
         def records() -> None:
             for name in names:
-                self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": PENDING})
+                self.store.update_backup(first["vm_uuid"], first["disk_id"], name, {"status": BackupStatus.PENDING})
 
         extravars = self._backup_vars(first, bkpname=names)
         self.queue.submit(self._task(task_id, user, DeleteJob, extravars, vm_uuid=first["vm_uuid"],
@@ -597,7 +597,7 @@ class Service:
 
     def _task(self, task_id: str, user: dict | None, job, extravars: dict, **fields) -> dict:
         """A job's task record: who, what, its playbook and extra vars (kept for a relaunch after a restart)."""
-        return dict(fields, task_id=task_id, kind=job.kind, playbook=job.playbook, status="PENDING",
+        return dict(fields, task_id=task_id, kind=job.kind, playbook=job.playbook, status=TaskStatus.PENDING,
                     username=user["username"] if user else "scheduler", user_id=user["id"] if user else 0,
                     started=iso(now()), result=None, node=extravars.get("node"), extravars=extravars)
 
@@ -606,7 +606,7 @@ class Service:
         """Start a restore drill of a backup into scratch space on its backup node (never the VM's disk)."""
         self.require_admin(user)
         backup = self.find_backup(user, original, name, data.get("disk_id"))
-        if backup["status"] != OK:
+        if backup["status"] != BackupStatus.OK:
             raise errors.ExpectationFailed(errors.BACKUP_STATUS_NOT_OK)
         self.check_node(backup["node"])
         task_id = self.task_id(user, "a" if automatic else "e")
@@ -624,7 +624,7 @@ class Service:
         """Per active definition of a VM that exists: its newest OK backup (what a scheduled drill proves;
         a paused definition is not drilled either)."""
         current = {(d["vm_uuid"], d["disk_id"], d["name"]) for d in self.store.definitions() if d.get("active")}
-        return [backup for key, backup in self.store.newest_backups(OK).items() if key in current]
+        return [backup for key, backup in self.store.newest_backups(BackupStatus.OK).items() if key in current]
 
     # -- sync with the nodes --------------------------------------------------------------------
     def sync(self, user: dict | None, node: str | None = None, adopt: bool = False) -> str:
@@ -668,7 +668,7 @@ class Service:
         task = self.visible_task(user, task_id)
         info = {k: task.get(k) for k in TASK_INFO}
         info["status"] = task["status"]
-        if task["status"] == "PENDING":
+        if task["status"] == TaskStatus.PENDING:
             info["progress"] = self.runner.progress(task_id)
         return info
 
@@ -677,7 +677,7 @@ class Service:
 
     def cancel(self, user: dict, task_id: str) -> None:
         task = self.visible_task(user, task_id)
-        if task["status"] != "PENDING":
+        if task["status"] != TaskStatus.PENDING:
             raise errors.NotAcceptable(errors.TASK_NOT_CANCELABLE)
         self.queue.cancel(task)
 
@@ -700,7 +700,7 @@ def wait_for(service: Service, task_id: str, timeout: float | None = None, poll:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         task = service.task_record(task_id)
-        if task is None or task["status"] != "PENDING":
+        if task is None or task["status"] != TaskStatus.PENDING:
             return task
         if deadline is not None and time.monotonic() > deadline:
             return task

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from vmbackup.app.discovery import is_hostname
 from vmbackup.domain import facts, validation
 from vmbackup.domain.clock import iso, now, parse
+from vmbackup.domain.facts import BackupStatus
 from vmbackup.domain.reported import reported_checksum, reported_path
 from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
@@ -81,7 +82,7 @@ def imported_record(entry: dict, node: str, zpool: str) -> dict | None:
     size = entry.get("size") if isinstance(entry.get("size"), int) and entry["size"] >= 0 else None
     return {"hostname": hostname, "vm_uuid": vm_uuid.lower(), "define": define, "name": name, "disk_id": disk_id,
             "type": kind, "node": node, "zpool": zpool, "created": iso(parse(created)) if created else None,
-            "status": facts.OK, "size": size, "time": None,
+            "status": BackupStatus.OK, "size": size, "time": None,
             "file_path": reported_path(entry.get("path")) if kind == facts.TYPE_FILE else None,
             "note": "", "checksum": reported_checksum(entry.get("checksum")),
             "brand": entry.get("brand") if isinstance(entry.get("brand"), str) and len(entry["brand"]) < 32 else None,
@@ -156,14 +157,14 @@ def _apply_pool(store: Store, node: str, pool: str, entries: list[dict], cutoff,
         for record in records:
             key = (record["vm_uuid"], record["disk_id"], record["name"])
             label = "%s/%s" % (record["hostname"], record["name"])
-            if key in held and record["status"] == facts.LOST:
-                store.update_backup(*key, {"status": facts.OK})
+            if key in held and record["status"] == BackupStatus.LOST:
+                store.update_backup(*key, {"status": BackupStatus.OK})
                 summary.found.append(label)
-            elif key not in held and record["status"] == facts.OK:
+            elif key not in held and record["status"] == BackupStatus.OK:
                 finished = parse(record.get("finished") or record.get("imported") or record.get("created"))
                 if cutoff is not None and finished is not None and finished >= cutoff:
                     continue  # made while the node was being listed
-                store.update_backup(*key, {"status": facts.LOST})
+                store.update_backup(*key, {"status": BackupStatus.LOST})
                 summary.lost.append(label)
         for key, entry in held.items():
             if key in known:

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from vmbackup.cli.client import Client, Response
+from vmbackup.domain.facts import TaskStatus
 
 VERBS = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}
 DEFAULT_URL = "http://127.0.0.1:8000/api"
@@ -264,7 +265,7 @@ def main(argv: list[str]) -> int:
         return 0 if response.status == 200 else 1
     method = VERBS[verb]
     response = client.request(method, path, params)
-    if options.get("wait") and response.status == 201 and response.body.get("status") == "PENDING":
+    if options.get("wait") and response.status == 201 and response.body.get("status") == TaskStatus.PENDING:
         response = follow(client, response.task_id, options.get("quiet", False))
     show(response, method, path, client, options.get("table", False))
     return 0 if response.status < 400 else 1

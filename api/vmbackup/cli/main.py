@@ -21,6 +21,7 @@ from vmbackup.app import check
 from vmbackup.app.application import Application
 from vmbackup.app.config import DAY, Config
 from vmbackup.cli import es
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.http import server
 
 
@@ -119,7 +120,7 @@ def sync_command(args: argparse.Namespace) -> int:
         app.discover()
     task = app.sync(wait=True, node=args.node, adopt=args.adopt)
     print(json.dumps({"status": task["status"], **(task.get("result") or {})}, indent=2))
-    return 0 if task["status"] == "SUCCESS" else 1
+    return 0 if task["status"] == TaskStatus.SUCCESS else 1
 
 
 def definitions_command(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ so that the API, the modules and the playbooks cannot drift apart.
 
 from __future__ import annotations
 
+import enum
 import sys
 
 from vmbackup.domain import paths
@@ -15,9 +16,28 @@ if paths.COLLECTIONS_PATH not in sys.path:
 from ansible_collections.vmbackup.zfs.plugins.filter.report import batch_key  # noqa: E402
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout  # noqa: E402
 
-# Backup status codes (API.md section 3).
-OK, PENDING, RESTORE, LOST = 1, 2, 3, 4
-STATUSES = {OK: "OK", PENDING: "PENDING", RESTORE: "RESTORE", LOST: "LOST"}
+
+class BackupStatus(enum.IntEnum):
+    """A backup record's status: its number in the API (API.md section 3), its name in listings and metrics."""
+
+    OK = 1
+    PENDING = 2
+    RESTORE = 3
+    LOST = 4
+
+
+class TaskStatus(str, enum.Enum):
+    """A task's status, as the API's envelopes, task records and task log say it."""
+
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = {status.value: status.name for status in BackupStatus}
 # Backup types: the API's numbers and the collection's words.
 TYPE_DATASET, TYPE_FILE = 1, 2
 TYPES = {TYPE_DATASET: "dataset", TYPE_FILE: "file"}
@@ -39,5 +59,5 @@ def compression(value) -> int | str:
     raise ValueError(value)
 
 
-__all__ = ["batch_key", "layout", "OK", "PENDING", "RESTORE", "LOST", "TYPE_DATASET", "TYPE_FILE", "TYPES",
+__all__ = ["batch_key", "layout", "BackupStatus", "TaskStatus", "STATUSES", "TYPE_DATASET", "TYPE_FILE", "TYPES",
            "BACKUP_TIME_FORMAT", "compression"]

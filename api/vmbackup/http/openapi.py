@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from vmbackup import __version__
 from vmbackup.domain import facts, validation
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.http.table import BOOLEAN, COMPRESSION, INTEGER, NAMES, PATH_PARAMS, ROUTES, STRING, Param, Route
 
 
@@ -105,7 +106,7 @@ RESULTS = {
         "returncode": {"type": "integer"}, "message": {"type": "string"}, "detail": {}}},
 }
 
-STATUSES = ["SUCCESS", "FAILURE", "PENDING"]
+STATUSES = [status.value for status in TaskStatus]
 DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
 LOGIN = {"type": "object", "properties": {"token": {"type": "string"}, "expires": {"type": "number"},
                                           "detail": {"type": "string"}}, "required": ["token", "expires", "detail"]}
@@ -132,12 +133,12 @@ def _response(route: Route, code: int) -> tuple[str, dict]:
     if code in REFUSALS:
         return "application/json", DETAIL
     if code == 201 and route.method != "POST" or code == 201 and route.result is None:  # a job started
-        return "application/json", envelope("PENDING", {"nullable": True})
+        return "application/json", envelope(TaskStatus.PENDING.value, {"nullable": True})
     if code == 400:  # field -> messages, non_field_errors, or (a job's status) what failed
-        return "application/json", envelope("FAILURE", {})
+        return "application/json", envelope(TaskStatus.FAILURE.value, {})
     if route.path == "/task/{task_id}/status":
-        return "application/json", envelope("SUCCESS", RESULTS["job_result"])
-    return "application/json", envelope("SUCCESS", RESULTS[route.result] if route.result else {})
+        return "application/json", envelope(TaskStatus.SUCCESS.value, RESULTS["job_result"])
+    return "application/json", envelope(TaskStatus.SUCCESS.value, RESULTS[route.result] if route.result else {})
 
 
 def operation(route: Route) -> dict:

@@ -15,6 +15,7 @@ from vmbackup import __version__
 from vmbackup.app.auth import Auth, token_of
 from vmbackup.app.service import Service
 from vmbackup.domain import errors, validation
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.http.openapi import spec
 from vmbackup.http.table import ROUTES, Route
 
@@ -195,7 +196,7 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
         last = start = time.monotonic()
         while True:
             task = service.task_record(task_id)
-            if task is None or task["status"] != "PENDING" or time.monotonic() - start >= limit:
+            if task is None or task["status"] != TaskStatus.PENDING or time.monotonic() - start >= limit:
                 break
             if time.monotonic() - last >= interval:
                 last = time.monotonic()
@@ -251,7 +252,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
                 if getattr(err, "retry_after", None):
                     response.set_header("Retry-After", str(err.retry_after))
             except errors.ValidationFailed as err:
-                response = envelope(service.task_id(user, "d"), "FAILURE", err.errors, 400)
+                response = envelope(service.task_id(user, "d"), TaskStatus.FAILURE, err.errors, 400)
             except errors.LoginFailed as err:
                 response = _json({"detail": str(err)}, 400)
             except bottle.HTTPResponse:
@@ -265,14 +266,14 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return wrapped
 
     def sync(user, result, code: int = 200) -> bottle.HTTPResponse:
-        return envelope(service.task_id(user, "d"), "SUCCESS", result, code)
+        return envelope(service.task_id(user, "d"), TaskStatus.SUCCESS, result, code)
 
     def pending(task_id) -> bottle.HTTPResponse:
         if isinstance(task_id, dict):  # done at once (a LOST backup removed from the records)
             return None
         if bottle.request.get_header("ES-STREAM") == "es":
             return stream(service, task_id, limit=stream_limit)
-        return envelope(task_id, "PENDING", None, 201)
+        return envelope(task_id, TaskStatus.PENDING, None, 201)
 
     # -- accounts ---------------------------------------------------------------------------------
     def login(_user):
@@ -357,7 +358,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return sync(user, service.task_log(user))
 
     def task_detail(user, task_id):
-        return envelope(task_id, "SUCCESS", service.task_info(user, task_id), 200)
+        return envelope(task_id, TaskStatus.SUCCESS, service.task_info(user, task_id), 200)
 
     def task_status(user, task_id):
         task = service.visible_task(user, task_id)
@@ -365,11 +366,11 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
 
     def task_done(user, task_id):
         task = service.visible_task(user, task_id)
-        return _json({"task_id": task_id, "done": task["status"] != "PENDING"}, 200, {"es_task_id": task_id})
+        return _json({"task_id": task_id, "done": task["status"] != TaskStatus.PENDING}, 200, {"es_task_id": task_id})
 
     def task_cancel(user, task_id):
         service.cancel(user, task_id)
-        return envelope(task_id, "SUCCESS", {"message": "Task canceled"}, 200)
+        return envelope(task_id, TaskStatus.SUCCESS, {"message": "Task canceled"}, 200)
 
     # -- extensions ---------------------------------------------------------------------------------
     def get_metrics(user):
@@ -399,7 +400,7 @@ def bottle_path(entry: Route) -> str:
 
 
 def status_response(task: dict) -> bottle.HTTPResponse:
-    if task["status"] == "PENDING":
-        return envelope(task["task_id"], "PENDING", None, 201)
-    code = 200 if task["status"] == "SUCCESS" else 400
+    if task["status"] == TaskStatus.PENDING:
+        return envelope(task["task_id"], TaskStatus.PENDING, None, 201)
+    code = 200 if task["status"] == TaskStatus.SUCCESS else 400
     return envelope(task["task_id"], task["status"], task["result"], code)

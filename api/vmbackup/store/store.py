@@ -21,6 +21,7 @@ from tinydb import Query, TinyDB
 from tinydb.table import Document
 
 from vmbackup.domain import errors
+from vmbackup.domain.facts import TaskStatus
 from vmbackup.store.storage import DataDir, PartitionStorage, is_data_dir
 
 __all__ = ["Ambiguous", "Store", "is_data_dir"]
@@ -150,7 +151,7 @@ class Store:
         task_id = task["task_id"]
         self._task_days[task_id] = day
         self._day_tasks.setdefault(day, set()).add(task_id)
-        if task.get("status") == "PENDING":
+        if task.get("status") == TaskStatus.PENDING:
             self._pending.add(task_id)
             for vm_uuid, disk_id in task.get("claims") or []:
                 self._claims[(vm_uuid, int(disk_id))] = task_id
@@ -401,7 +402,7 @@ class Store:
         """Record a task. A pending task claims the VM disks in its `claims` ([vm uuid, disk_id] pairs): if
         a pending task of any process holds one of them, nothing is written and Conflict (409) is raised."""
         with self.lock:
-            if task.get("status") == "PENDING":
+            if task.get("status") == TaskStatus.PENDING:
                 for vm_uuid, disk_id in task.get("claims") or []:
                     if self._claims.get((vm_uuid, int(disk_id)), task["task_id"]) != task["task_id"]:
                         raise errors.Conflict(errors.VM_PENDING)
@@ -460,7 +461,7 @@ class Store:
             for day in sorted(d for d in self._days if d < cutoff):
                 db = self._day(day)
                 tasks = docs(db, "tasks")
-                if any(task.get("status") == "PENDING" for task in tasks):
+                if any(task.get("status") == TaskStatus.PENDING for task in tasks):
                     continue
                 for task in tasks:
                     counts.update(self._task_failed.pop(task["task_id"], []))
