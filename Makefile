@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo demo-playbooks test lint sanity molecule collection bench lab-down clean
+.PHONY: setup demo demo-playbooks test test-fast lint sanity molecule collection bench lab-down clean
 
 setup:  ## system packages, .venv with pinned dependencies, the vmbackup command
 	./scripts/bootstrap
@@ -39,6 +39,13 @@ test: setup lint sanity  ## everything the tests need, then the tests (unit, zfs
 	$(VENV)/pytest -q -n 2 --dist loadfile --durations=30 collection/tests/unit tests; rc=$$?; \
 	  $(VENV)/vmbackup-lab ozlab down --dir $(OZLAB_TEST_DIR); exit $$rc
 	$(VENV)/molecule test
+
+# The fast tier (seconds, no pool, no ssh, no ansible): the API's layers with a fake engine (tests/fake_engine.py),
+# the layer contracts, the facts shared with the collection, the collection's unit tests. `make test` runs them too.
+FAST_TESTS := tests/test_fast.py tests/test_layers.py tests/test_facts.py collection/tests/unit
+
+test-fast: setup  ## the fast tier of the tests, under a minute
+	$(VENV)/pytest -q $(FAST_TESTS)
 
 collection: setup  ## the Galaxy artifact (the collection alone) in dist/
 	$(VENV)/ansible-galaxy collection build collection/ --output-path dist/ --force

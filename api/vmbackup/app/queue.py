@@ -20,7 +20,8 @@ from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.events import Events
 from vmbackup.domain.facts import TaskStatus
-from vmbackup.engine.runner import Runner, RunResult
+from vmbackup.engine.protocol import Engine
+from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
 
 log = logging.getLogger("vmbackup.queue")
@@ -30,7 +31,7 @@ Disk = tuple  # (vm uuid, disk_id)
 class JobQueue:
     """Claims, per-node limits, launching, finishing, recovery and cancel of jobs."""
 
-    def __init__(self, store: Store, runner: Runner, jobs_per_node: int | None = None,
+    def __init__(self, store: Store, runner: Engine, jobs_per_node: int | None = None,
                  events: Events | None = None):
         self.store = store
         self.runner = runner
@@ -100,13 +101,12 @@ class JobQueue:
         task_id = task["task_id"]
         extravars = dict(task["extravars"], vmbackup_progress_file=self.runner.progress_file(task_id))
         try:
-            handle = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
+            found_by = self.runner.start(task_id, task["playbook"], extravars, lambda run: self.finish(task_id, run))
         except (OSError, RuntimeError) as err:  # RuntimeError: the engine (AWX) refused
             self.finish(task_id, RunResult("failed", None, {}, "the job could not start: %s" % err))
             return
-        # The local runner answers with a pid, the AWX engine with {"awx_job": id}: both go on the task.
-        fields = handle if isinstance(handle, dict) else {"pid": handle}
-        self.store.update_task(task_id, dict(fields, queued=False, launched=iso(now())))
+        # What finds the run again ({"pid": ...} locally, {"awx_job": ...} on AWX) goes on the task.
+        self.store.update_task(task_id, dict(found_by, queued=False, launched=iso(now())))
         current = self.store.get_task(task_id)
         if current is not None and current["status"] != TaskStatus.PENDING:
             self.runner.cancel(task_id)  # canceled while it was being started

@@ -16,7 +16,7 @@ from vmbackup.domain import errors, facts, validation
 from vmbackup.domain.clock import backup_name, iso, now, parse
 from vmbackup.domain.events import Events
 from vmbackup.domain.facts import TYPE_FILE, BackupStatus, TaskStatus
-from vmbackup.engine.runner import Runner
+from vmbackup.engine.protocol import Engine
 from vmbackup.store.store import Ambiguous, Store
 
 __all__ = ["Service", "iso", "now", "wait_for"]
@@ -38,7 +38,7 @@ SCHEDULER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
 class Service:
     """Everything the routes ask for; the routes only translate HTTP to these calls and back."""
 
-    def __init__(self, store: Store, runner: Runner, dc_id: int = 1, size_limit: int | None = None,
+    def __init__(self, store: Store, runner: Engine, dc_id: int = 1, size_limit: int | None = None,
                  jobs_per_node: int | None = None, batch_runs: int | None = None,
                  sync_import_limit: int = IMPORT_LIMIT):
         self.store = store

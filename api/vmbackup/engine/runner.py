@@ -89,8 +89,8 @@ class Runner:
     def artifacts(self, ident: str) -> str:
         return os.path.join(self.data_dir(ident), "artifacts", ident)
 
-    def start(self, ident: str, playbook: str, extravars: dict, on_done: Callable[[RunResult], None]) -> int:
-        """Start `playbooks/<playbook>` with `extravars` (every string marked unsafe); return the run's pid."""
+    def start(self, ident: str, playbook: str, extravars: dict, on_done: Callable[[RunResult], None]) -> dict:
+        """Start `playbooks/<playbook>` with `extravars` (every string marked unsafe); return {"pid": the run's}."""
         data_dir = self.data_dir(ident)
         os.makedirs(os.path.join(data_dir, "env"), mode=0o700, exist_ok=True)
         _write_private(os.path.join(data_dir, "env", "extravars"), unsafe.dump(extravars))
@@ -127,7 +127,7 @@ class Runner:
         with self._lock:
             self._procs[ident] = proc
         threading.Thread(target=self._watch, args=(ident, on_done), daemon=True, name="run-" + ident).start()
-        return proc.pid
+        return {"pid": proc.pid}
 
     def started(self, ident: str) -> bool:
         """Whether a run was started for `ident` (its pid file exists)."""
