@@ -24,7 +24,6 @@ from awx_standin import StandIn  # noqa: E402
 
 from vmbackup.app.application import Application  # noqa: E402
 from vmbackup.app.config import Config  # noqa: E402
-from vmbackup.app.jobs import RetentionJob  # noqa: E402
 from vmbackup.app.scheduler import SYSTEM_USER, Scheduler  # noqa: E402
 from vmbackup.app.service import wait_for  # noqa: E402
 from vmbackup.store.store import Store  # noqa: E402
@@ -308,24 +307,14 @@ def test_every_kind_of_job_the_api_starts_passes_awxs_launch_rules_and_runs(awx_
     assert sent["template"] == "vmbackup: restore a backup" and sent["extra_vars"]["target_disk_id"] == 1
     assert sent["extra_vars"]["force"] is True
 
-    # Prune, as earlier versions queued it (a retention task): the oldest file backup goes.
-    files = names(app, other, "files")
-    task_id = service.task_id(SYSTEM_USER, "a")
-    service.queue.submit(service._task(task_id, SYSTEM_USER, RetentionJob, {
-        "node": "tb", "zpool": lab.backup_pool, "vm_uuid": other.uuid, "hostname": other.hostname, "disk_id": 1,
-        "bkpdef": "files", "retention": 3, "type": 2, "protect": []}, vm_uuid=other.uuid,
-        hostname=other.hostname, disk_id=1, bkpname=None, view="vm_backup", method="DELETE"))
-    task = done(app, task_id)
-    assert task["status"] == "SUCCESS" and names(app, other, "files") == files[1:], task["result"]
-    assert launched(standin)["template"] == "vmbackup: prune backups"
-
     # Delete one, then several: the survey's text question gets the names comma-separated.
-    task = done(app, service.delete_backup(SYSTEM_USER, other.hostname, files[1], {}))
-    assert task["status"] == "SUCCESS" and launched(standin)["extra_vars"]["bkpname"] == files[1], task["result"]
-    task = done(app, service.delete_backups(SYSTEM_USER, other.hostname, {"bkpnames": files[2:]}))
+    files = names(app, other, "files")
+    task = done(app, service.delete_backup(SYSTEM_USER, other.hostname, files[0], {}))
+    assert task["status"] == "SUCCESS" and launched(standin)["extra_vars"]["bkpname"] == files[0], task["result"]
+    task = done(app, service.delete_backups(SYSTEM_USER, other.hostname, {"bkpnames": files[1:]}))
     sent = launched(standin)
     assert task["status"] == "SUCCESS" and names(app, other, "files") == [], task["result"]
-    assert sent["template"] == "vmbackup: delete backups" and sent["extra_vars"]["bkpname"] == ",".join(files[2:])
+    assert sent["template"] == "vmbackup: delete backups" and sent["extra_vars"]["bkpname"] == ",".join(files[1:])
 
     task = done(app, service.sync(SYSTEM_USER))
     assert task["status"] == "SUCCESS" and launched(standin)["template"] == "vmbackup: list the backups of the nodes"

@@ -279,14 +279,10 @@ def test_an_unknown_user_costs_as_long_as_a_wrong_password(tmp_path):
     assert 0.5 < unknown / known < 2, (known, unknown)
 
 
-def test_old_hashes_are_upgraded_and_expired_tokens_purged(tmp_path):
+def test_passwords_are_argon2id_and_expired_tokens_purged(tmp_path):
     store = Store(str(tmp_path))
     auth = authmod.Auth(store, token_lifetime=1)
     auth.add_user("frank", "frank-password")
-    salt = os.urandom(16)
-    old = "scrypt$%s$%s" % (salt.hex(), __import__("hashlib").scrypt(b"frank-password", salt=salt, n=2**14, r=8,
-                                                                        p=1, dklen=32).hex())
-    store.save_user(dict(store.get_user("frank"), password=old))
     auth.login("frank", "frank-password")
     assert store.get_user("frank")["password"].startswith("$argon2id$")
     time.sleep(1.2)
@@ -422,7 +418,7 @@ def test_cancel_after_pid_reuse_leaves_the_stranger_alive(env, pid_file):
         env.stop()
         store = Store(env.data_dir)
         vm = env.vms["a"]
-        store.insert_task({"task_id": task_id, "kind": "create", "playbook": "backup.yml", "status": "PENDING",
+        store.insert_task({"task_id": task_id, "kind": "backup", "playbook": "backup.yml", "status": "PENDING",
                            "username": "admin", "user_id": 1, "vm_uuid": vm.uuid, "hostname": vm.hostname,
                            "disk_id": 1, "bkpname": "gone-20260101_000000", "node": "tb", "queued": False,
                            "extravars": {}, "result": None})
@@ -474,7 +470,7 @@ def test_finished_runs_folders_are_purged_and_their_tasks_stay(lab, tmp_path):
     write_inventory(os.path.join(data, "hosts.yml"), lab)
     old = os.path.join(data, "runs", "1e1d1-00000000-0000-0000-0000")
     os.makedirs(old)
-    app.store.insert_task({"task_id": "1e1d1-00000000-0000-0000-0000", "status": "SUCCESS", "kind": "create"})
+    app.store.insert_task({"task_id": "1e1d1-00000000-0000-0000-0000", "status": "SUCCESS", "kind": "backup"})
     time.sleep(0.05)
     assert app.purge_runs() == ["1e1d1-00000000-0000-0000-0000"]
     assert not os.path.exists(old) and app.store.get_task("1e1d1-00000000-0000-0000-0000")["status"] == "SUCCESS"

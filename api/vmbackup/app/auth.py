@@ -17,7 +17,6 @@ TOKEN_LIFETIME = 3600
 TOKENS_PER_USER = 50  # a login beyond it revokes that user's oldest token
 # OWASP's Password Storage Cheat Sheet, argon2id: 19 MiB, 2 iterations, 1 lane (about 70 ms here).
 _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # hashes of earlier versions, upgraded at login
 USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 # Names the service itself acts under (tasks it starts are the scheduler's): nobody may log in as one.
 RESERVED_USERNAMES = frozenset({"scheduler", "system", "vmbackup"})
@@ -29,13 +28,6 @@ def hash_password(password: str) -> str:
 
 
 def check_password(password: str, stored: str) -> bool:
-    if stored.startswith("scrypt$"):
-        try:
-            _scheme, salt, digest = stored.split("$")
-            mine = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
-        except ValueError:
-            return False
-        return hmac.compare_digest(mine, digest)
     try:
         return _HASHER.verify(stored, password)
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
@@ -43,7 +35,7 @@ def check_password(password: str, stored: str) -> bool:
 
 
 def needs_rehash(stored: str) -> bool:
-    return stored.startswith("scrypt$") or _HASHER.check_needs_rehash(stored)
+    return _HASHER.check_needs_rehash(stored)
 
 
 def secret_hash(secret: str) -> str:

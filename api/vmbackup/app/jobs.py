@@ -163,18 +163,6 @@ class VerifyJob(Job):
         return Outcome(passed, detail, {"drill": fields, "backup_key": [b_uuid, b_disk, b_name]})
 
 
-class RetentionJob(Job):
-    """Retention as a job of its own, as earlier versions ran it (their pending tasks still end here)."""
-
-    kind, playbook = "retention", "prune.yml"
-    success, failure = "Backups successfully pruned", "Retention failed"
-
-    def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
-        destroyed = [n for n in run.result.get("destroyed") or [] if isinstance(n, str)]
-        store.delete_backups(task["vm_uuid"], task["disk_id"], destroyed)
-        return Outcome(run.ok, "pruned=%s" % ",".join(destroyed) if run.ok else run.error or run.status)
-
-
 class SyncJob(Job):
     """Compare the records with what the backup nodes hold (backup_info); see sync.py."""
 
@@ -191,13 +179,11 @@ class SyncJob(Job):
                                                       "imported": summary.imported})
 
 
-KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), VerifyJob(), RetentionJob(), SyncJob())}
-LEGACY = {"create": "backup", "batch": "backup", "delete_many": "delete"}  # kinds of earlier versions
+KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), VerifyJob(), SyncJob())}
 
 
 def for_task(task: dict) -> Job:
-    kind = task.get("kind")
-    return KINDS[LEGACY.get(kind, kind)]
+    return KINDS[task.get("kind")]
 
 
 # What a backup node reports about a backup goes into records and later runs: checked here and in
