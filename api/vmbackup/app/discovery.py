@@ -15,6 +15,7 @@ import threading
 import time
 
 from vmbackup.domain import validation
+from vmbackup.domain.facts import layout
 from vmbackup.engine.runner import Runner, job_environment
 from vmbackup.store.store import Store
 
@@ -25,7 +26,6 @@ log = logging.getLogger("vmbackup.discovery")
 # one VM's name on it, chooses these strings), and they reach records, commands and later runs.
 HOSTNAME_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 WORD_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # brand, state
-DATASET_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*")
 SOCKET_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{0,4095}")
 MAX_DISKS = 64
 
@@ -88,7 +88,7 @@ def checked_vm(vm: dict, node: str) -> dict:
             raise Refused("disk_id", "disk %d is reported twice" % number)
         numbers.add(number)
         dataset = disk.get("dataset")
-        if not isinstance(dataset, str) or len(dataset) > 255 or not DATASET_RE.fullmatch(dataset) \
+        if not isinstance(dataset, str) or len(dataset) > 255 or not layout.DATASET_RE.fullmatch(dataset) \
                 or ".." in dataset.split("/"):
             raise Refused("dataset", "disk %d: %r is not a ZFS dataset name" % (number, dataset))
         checked.append({"disk_id": number, "dataset": dataset,

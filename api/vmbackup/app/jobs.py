@@ -7,7 +7,6 @@ items, with retention in the same run.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from vmbackup.app import sync
@@ -142,8 +141,8 @@ class VerifyJob(Job):
         b_uuid, b_disk, b_name = task["backup_key"]
         res = run.result if isinstance(run.result, dict) else {}
         passed = run.ok and res.get("ok") is True and res.get("outcome") == "passed"
-        digest = res.get("digest") if isinstance(res.get("digest"), str) and DIGEST_RE.fullmatch(res["digest"]) \
-            else None
+        digest = res.get("digest")
+        digest = digest if isinstance(digest, str) and facts.layout.DIGEST_RE.fullmatch(digest) else None
         reason = str(res.get("reason") or run.error or run.status)[:500]
         # An encrypted disk's backup is proven without its key: by its raw stream, not its content.
         kind = res.get("digest_kind") if res.get("digest_kind") in ("content", "raw-stream") else None
@@ -188,7 +187,6 @@ def for_task(task: dict) -> Job:
 
 # What a backup node reports about a backup goes into records and later runs: checked here and in
 # vmbackup.domain.reported.
-DIGEST_RE = re.compile(r"[0-9a-f]{32,128}")
 
 
 def made_fields(res: dict) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
+from vmbackup.domain.facts import layout
+
 REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
-CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def reported_path(value) -> str | None:
@@ -16,4 +17,4 @@ def reported_path(value) -> str | None:
 
 
 def reported_checksum(value) -> str | None:
-    return value if isinstance(value, str) and CHECKSUM_RE.fullmatch(value) else None
+    return value if isinstance(value, str) and layout.DIGEST_RE.fullmatch(value) else None

@@ -8,13 +8,13 @@ import re
 from croniter import croniter
 
 from vmbackup.domain import errors
+from vmbackup.domain.facts import layout
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 # Names are checked with fullmatch: `$` would also match before a trailing newline.
 DEFINITION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 POOL_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,254}")
-UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DESC_FORBIDDEN = set("<>%$&;'\"")
 REQUIRED = "This field is required."
 
@@ -103,7 +103,7 @@ def to_bool(value) -> bool:
 
 
 def is_uuid(value) -> bool:
-    return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
+    return isinstance(value, str) and layout.UUID_RE.fullmatch(value) is not None
 
 
 def is_pool_name(value) -> bool:
