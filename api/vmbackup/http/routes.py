@@ -265,7 +265,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
             return response
         return wrapped
 
-    def sync(user, result, code: int = 200) -> bottle.HTTPResponse:
+    def answer(user, result, code: int = 200) -> bottle.HTTPResponse:
         return envelope(service.task_id(user, "d"), TaskStatus.SUCCESS, result, code)
 
     def pending(task_id) -> bottle.HTTPResponse:
@@ -300,31 +300,31 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return envelope_of(service.task_id(user, "d"), text)
 
     def vm_definitions(user, vm):
-        return sync(user, service.list_definitions(user, params(), vm))
+        return answer(user, service.list_definitions(user, params(), vm))
 
     def get_definition(user, vm, name):
-        return sync(user, service.get_definition(user, vm, name, params()))
+        return answer(user, service.get_definition(user, vm, name, params()))
 
     def create_definition(user, vm, name):
-        return sync(user, service.create_definition(user, vm, name, params()), 201)
+        return answer(user, service.create_definition(user, vm, name, params()), 201)
 
     def update_definition(user, vm, name):
-        return sync(user, service.update_definition(user, vm, name, params()))
+        return answer(user, service.update_definition(user, vm, name, params()))
 
     def delete_definition(user, vm, name):
         service.delete_definition(user, vm, name, params())
-        return sync(user, None)
+        return answer(user, None)
 
     # -- backups ------------------------------------------------------------------------------------
     def list_backups(user, vm):
-        return sync(user, service.list_backups(user, vm, params()))
+        return answer(user, service.list_backups(user, vm, params()))
 
     def delete_backups(user, vm):
         outcome = service.delete_backups(user, vm, params())
-        return pending(outcome) or sync(user, outcome)
+        return pending(outcome) or answer(user, outcome)
 
     def get_backup(user, vm, name):
-        return sync(user, service.get_backup(user, vm, name, params()))
+        return answer(user, service.get_backup(user, vm, name, params()))
 
     def create_backup(user, vm, name):
         return pending(service.create_backup(user, vm, name, params()))
@@ -332,12 +332,12 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
     def put_backup(user, vm, name):
         data = params()
         if "note" in data:
-            return sync(user, service.set_note(user, vm, name, data))
+            return answer(user, service.set_note(user, vm, name, data))
         return pending(service.restore_backup(user, vm, name, data))
 
     def delete_backup(user, vm, name):
         outcome = service.delete_backup(user, vm, name, params())
-        return pending(outcome) or sync(user, outcome)
+        return pending(outcome) or answer(user, outcome)
 
     def verify_backup(user, vm, name):
         return pending(service.verify_backup(user, vm, name, params()))
@@ -352,10 +352,10 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return pending(service.sync(user, node if isinstance(node, str) else None, adopt=adopt))
 
     def task_list(user):
-        return sync(user, service.pending_task_ids(user))
+        return answer(user, service.pending_task_ids(user))
 
     def task_log(user):
-        return sync(user, service.task_log(user))
+        return answer(user, service.task_log(user))
 
     def task_detail(user, task_id):
         return envelope(task_id, TaskStatus.SUCCESS, service.task_info(user, task_id), 200)

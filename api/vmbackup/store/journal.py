@@ -87,7 +87,7 @@ class Journal:
             raise OSError("the journal could not be written (disk full?): %d of %d bytes" % (written, len(line)))
         return os.fstat(fd).st_size
 
-    def sync(self, segment: int, end: int) -> None:
+    def make_durable(self, segment: int, end: int) -> None:
         """Make the segment durable up to `end`; one fdatasync serves every line written before it (group
         commit). A segment no longer open was checkpointed: its changes are in fsynced files."""
         with self._sync_lock:

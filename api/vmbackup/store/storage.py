@@ -201,7 +201,7 @@ class _Transaction:
             try:
                 fcntl.flock(self._store._lock_fd, fcntl.LOCK_EX)
                 self._owner = threading.get_ident()
-                self._store._sync()
+                self._store._catch_up()
             except BaseException:
                 self._release()
                 raise
@@ -220,7 +220,7 @@ class _Transaction:
             self._after = []
             self._release()
         if ticket is not None:
-            self._store.journal.sync(*ticket)
+            self._store.journal.make_durable(*ticket)
         for call in after:
             call()
 
@@ -336,7 +336,7 @@ class DataDir:
             self._seen_generation = self._read_generation() + 1
             struct.pack_into("<Q", self._shared, 0, self._seen_generation)
 
-    def _sync(self) -> None:
+    def _catch_up(self) -> None:
         """Catch up with what other processes wrote since this store last looked (called under the flock)."""
         generation = self._read_generation()
         head, tail = self._head_tail()
