@@ -220,11 +220,7 @@ def test_each_item_is_checked_alone_and_a_repeated_disk_and_name_is_refused():
     spec.loader.exec_module(report)
     with open(os.path.join(REPO, "playbooks", "vars", "argument_specs.yml")) as handle:
         options = yaml.safe_load(handle)["vmbackup_argument_specs"]["backup"]["options"]
-    with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
-        common = yaml.safe_load(handle)
     rules = {"backup_nodes": [BACKUP], "compute_nodes": ["lab-compute"], "zpools": {BACKUP: "bkp"},
-             "patterns": {name: common["vmbackup_%s_re" % name] for name in ("uuid", "pool", "definition",
-                                                                              "backup_name")},
              "stamp": "20261214_010000", "created": "2026-12-14T01:00:00Z"}
     given = [{"hostname": "a.lab", "vmbackup_progress_file": "/tmp/a.json"}, {"hostname": "a.lab"}, "a.lab",
              {"hostname": "b.lab", "colour": "red"}, {"hostname": "c.lab", "disk_id": "two"}, {"bkpdef": "x" * 9}]

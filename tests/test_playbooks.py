@@ -3,7 +3,6 @@ operators, AWX and the API run. Each ends with one vmbackup_result; bad variable
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -408,20 +407,30 @@ NAME_SAMPLES = {
 
 
 @pytest.mark.parametrize("name", sorted(NAME_SAMPLES))
-def test_playbook_name_patterns_match_whole_values_as_the_collections_do(name):
-    """The playbooks' patterns (Jinja's match test: re.match) accept and refuse what layout.py's accept and
-    refuse as a whole value (re.fullmatch, whatever way its patterns are written)."""
-    spec = importlib.util.spec_from_file_location(
-        "layout", os.path.join(REPO, "collection", "plugins", "module_utils", "layout.py"))
-    layout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout)
-    with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
-        ours = yaml.safe_load(handle)["vmbackup_%s_re" % name]
-    theirs, good, bad = NAME_SAMPLES[name]
+def test_the_one_rule_set_takes_and_refuses_whole_names(name):
+    """The playbooks check names with the collection's patterns, through one filter (report.variable_problems,
+    used by tasks/validate.yml and batch_items; no Jinja copy): re.match, as it calls them, takes and refuses
+    what re.fullmatch does, a trailing newline included."""
+    from ansible_collections.vmbackup.zfs.plugins.filter import report
+    from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
+    pattern, good, bad = NAME_SAMPLES[name]
     for value in good:
-        assert re.match(ours, value) and getattr(layout, theirs).fullmatch(value), value
+        assert getattr(layout, pattern).match(value) and getattr(layout, pattern).fullmatch(value), value
     for value in bad:
-        assert not re.match(ours, value) and not getattr(layout, theirs).fullmatch(value), repr(value)
+        assert not getattr(layout, pattern).match(value) and not getattr(layout, pattern).fullmatch(value), \
+            repr(value)
+    variable = {"uuid": "vm_uuid", "pool": "zpool", "definition": "bkpdef", "backup_name": "bkpname"}[name]
+    rules = {"backup_nodes": ["b"], "compute_nodes": ["c"]}
+    base = {"node": "b", "zpool": "zones", "bkpdef": "daily", "hostname": "web"}
+    names = list(base) + [variable]
+    for value in good:
+        assert report.variable_problems(dict(base, **{variable: value}), names, rules) == [], value
+    for value in bad:
+        problems = report.variable_problems(dict(base, **{variable: value}), names, rules)
+        assert value == "" and variable in ("vm_uuid",) or problems and problems[0].startswith(variable), \
+            (repr(value), problems)
+    with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
+        assert not [k for k in yaml.safe_load(handle) if k.endswith("_re")]  # no second home
 
 
 def test_every_playbook_runs_from_a_checkout_with_the_default_inventory():

@@ -7,12 +7,11 @@ variables checked, its VM found in the compute nodes' answers, and the one resul
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.vmbackup.zfs.plugins.module_utils.layout import UUID_RE
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 
 DOCUMENTATION = r"""
 name: batch_result
@@ -23,6 +22,9 @@ description:
     backups by compute node, C(batch_result) makes the run's C(vmbackup_result) (C(ok), C(check), and
     C(backups) keyed by C(<vm_uuid>:<disk_id>:<bkpname>); a batch of one also has its record's fields at
     the top level), C(batch_said) what the run says it did, one line per step.
+  - C(variable_problems) checks a playbook's variables against the rules an argument spec cannot say (nodes of
+    the inventory, names by the collection's patterns, numbers), one message per problem naming the variable;
+    tasks/validate.yml and C(batch_items) both use it.
 positional: _input
 options:
   _input:
@@ -89,44 +91,82 @@ def given(values: dict) -> dict:
     return {name: value for name, value in (values or {}).items() if value is not None and value != ""}
 
 
-def rule_problems(item: dict, rules: dict, word) -> list[str]:
-    """The rules an argument spec cannot say (tasks/validate.yml's, for one backup)."""
+def _number(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def variable_problems(values: dict, names, rules: dict, word=str) -> list[str]:
+    """The rules an argument spec cannot say, for the variables `names` of a playbook (its spec) that `values`
+    gives: one message per problem, each starting with the variable's name (`word` labels it, e.g. a batch
+    item's `backups[2].zpool`). The one home of these rules: tasks/validate.yml asks it for every playbook and
+    batch_items for each backup; the name patterns are the collection's (module_utils/layout.py).
+    rules: backup_nodes, compute_nodes (the inventory's groups)."""
+    names = set(names)
     problems = []
-    patterns = rules["patterns"]
-    if item["node"] not in rules["backup_nodes"]:
+
+    def given(name):
+        value = values.get(name)
+        return None if value is None or value == "" else value
+
+    if "node" in names and given("node") not in rules["backup_nodes"]:
         problems.append("%s: '%s' is not a host of the inventory group backup (it has: %s)"
-                        % (word("node"), item["node"], ", ".join(rules["backup_nodes"]) or "none"))
-    if item.get("compute_node") and item["compute_node"] not in rules["compute_nodes"]:
-        problems.append("%s: '%s' is not a host of the inventory group compute (it has: %s)"
-                        % (word("compute_node"), item["compute_node"], ", ".join(rules["compute_nodes"]) or "none"))
-    if not item.get("hostname") and not item.get("vm_uuid"):
+                        % (word("node"), given("node"), ", ".join(rules["backup_nodes"]) or "none"))
+    for name in ("compute_node", "target_compute_node"):
+        if name in names and given(name) and given(name) not in rules["compute_nodes"]:
+            problems.append("%s: '%s' is not a host of the inventory group compute (it has: %s)"
+                            % (word(name), given(name), ", ".join(rules["compute_nodes"]) or "none"))
+    if "vm_uuid" in names and not given("hostname") and not given("vm_uuid"):
         problems.append("%s: give the VM's hostname or uuid (or vm_uuid)" % word("hostname"))
-    if item.get("vm_uuid") and not re.match(patterns["uuid"], item["vm_uuid"]):
-        problems.append("%s: '%s' is not a uuid" % (word("vm_uuid"), item["vm_uuid"]))
-    if item["disk_id"] < 1:
-        problems.append("%s: %s is not a disk number (they start at 1)" % (word("disk_id"), item["disk_id"]))
+    if "target_vm_uuid" in names and not given("target_hostname") and not given("target_vm_uuid"):
+        problems.append("%s: give the VM to restore into (or target_vm_uuid)" % word("target_hostname"))
+    for name in ("vm_uuid", "target_vm_uuid"):
+        if name in names and given(name) and not layout.UUID_RE.match(str(given(name))):
+            problems.append("%s: '%s' is not a uuid" % (word(name), given(name)))
+    for name in ("disk_id", "target_disk_id"):
+        number = _number(values.get(name, 1))
+        if name in names and (number is None or number < 1):
+            problems.append("%s: %s is not a disk number (they start at 1)" % (word(name), values.get(name)))
     for name in ("bwlimit", "retention"):
-        if item[name] < 0:
-            problems.append("%s: %s cannot be negative" % (word(name), item[name]))
-    if item["retention"] > 65536:
-        problems.append("%s: %s is more than 65536" % (word("retention"), item["retention"]))
-    if not re.match(patterns["pool"], item["zpool"]):
+        number = _number(values.get(name, 0))
+        if name in names and number is not None and number < 0:
+            problems.append("%s: %s cannot be negative" % (word(name), values.get(name)))
+    if "retention" in names and (_number(values.get("retention", 0)) or 0) > 65536:
+        problems.append("%s: %s is more than 65536" % (word("retention"), values.get("retention")))
+    if "zpool" in names and not layout.POOL_RE.match(str(values.get("zpool"))):
         problems.append("%s: '%s' is not a pool name (a letter, then letters, digits or '_.:-')"
-                        % (word("zpool"), item["zpool"]))
-    if not re.match(patterns["definition"], item["bkpdef"]):
+                        % (word("zpool"), values.get("zpool")))
+    digest = given("expected_digest")
+    if "expected_digest" in names and digest and (not isinstance(digest, str) or not layout.DIGEST_RE.match(digest)):
+        problems.append("%s: '%s' is not a sha256 digest (64 lowercase hex digits)" % (word("expected_digest"), digest))
+    if "bkpdef" in names and not layout.DEFINITION_RE.match(str(values.get("bkpdef"))):
         problems.append("%s: '%s' is not a definition name (1 to 8 letters, digits or '._-', starting with a "
-                        "letter or digit)" % (word("bkpdef"), item["bkpdef"]))
-    if item.get("bkpname") and not re.match(patterns["backup_name"], item["bkpname"]):
-        problems.append("%s: '%s' is not a backup name (a backup name is <bkpdef>-YYYYMMDD_HHMMSS, for example "
-                        "daily-20261128_040000)" % (word("bkpname"), item["bkpname"]))
+                        "letter or digit)" % (word("bkpdef"), values.get("bkpdef")))
+    if "bkpname" in names and values.get("bkpname") is not None:
+        listed = values.get("bkpnames")
+        listed = [values["bkpname"]] if listed is None else listed
+        bad = [str(n) for n in listed if not layout.BACKUP_NAME_RE.match(str(n))]
+        if not listed or bad:
+            problems.append("%s: %s (a backup name is <bkpdef>-YYYYMMDD_HHMMSS, for example daily-20261128_040000)"
+                            % (word("bkpname"), ("'%s' is not a backup name" % "', '".join(bad)) if bad
+                               else "no backup name given"))
     return problems
+
+
+def rule_problems(item: dict, rules: dict, word) -> list[str]:
+    """The rules an argument spec cannot say, for one backup of a batch."""
+    names = ("node", "compute_node", "vm_uuid", "disk_id", "bwlimit", "retention", "zpool", "bkpdef", "bkpname")
+    values = dict(item, bkpname=item.get("bkpname") or None)
+    return variable_problems(values, names, rules, word)
 
 
 def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = None, listed: bool = True) -> list:
     """Each backup with its defaults, checked: `problems` ('' when it may run) names the item and the variable.
 
-    rules: {backup_nodes, compute_nodes, zpools (each backup node's vmbackup_zpool), patterns: {uuid, pool,
-    definition, backup_name}, stamp (UTC %Y%m%d_%H%M%S), created (ISO time)}; shared: the top-level
+    rules: {backup_nodes, compute_nodes, zpools (each backup node's vmbackup_zpool), stamp (UTC %Y%m%d_%H%M%S),
+    created (ISO time)}; shared: the top-level
     variables; listed: the backups came as the list `backups` (messages then say backups[<n>].<variable>).
     """
     spec, rules, shared, backups = plain(spec), plain(rules), plain(shared), plain(backups)
@@ -180,7 +220,7 @@ def apart(items: list) -> list:
 def matches(vm: dict, want: str) -> bool:
     """A uuid names the VM of that uuid, a hostname the VMs of that hostname: a guest that calls itself by
     another VM's uuid never stands in its way."""
-    if UUID_RE.fullmatch(want):
+    if layout.UUID_RE.match(want):
         return vm.get("uuid") == want.lower()
     return str(vm.get("hostname", "")).lower() == want.lower()
 
@@ -326,4 +366,4 @@ class FilterModule:
     def filters(self) -> dict:
         return {"batch_key": batch_key, "batch_items": batch_items, "batch_locate": batch_locate,
                 "batch_nodes": batch_nodes, "batch_result": batch_result, "batch_said": batch_said,
-                "batch_failures": batch_failures}
+                "batch_failures": batch_failures, "variable_problems": variable_problems}
