@@ -4,7 +4,9 @@ and `vmbackup serve` started as a process on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,3 +156,23 @@ def new_env(lab: Lab) -> ApiEnv:
     env = ApiEnv(lab, data_dir, os.path.join(data_dir, "hosts.yml"))
     write_inventory(env.inventory, lab)
     return env
+
+
+@contextlib.contextmanager
+def serving(lab: Lab, vm_names: tuple[str, ...] = ()):
+    """A `vmbackup serve` of its own (no discovery, no scheduler) with the lab's nodes, the VMs `vm_names` seeded
+    and an admin key (`env.admin_key`); stopped and its data dir removed at the end."""
+    env = new_env(lab)
+    store = Store(env.data_dir)
+    seed_nodes(store, lab)
+    for name in vm_names:
+        seed(store, lab, make_vm(lab, name))
+    del store
+    env.admin_key = env.add_user(*ADMIN, admin=True)
+    env.serve_args = ["--no-discover", "--no-scheduler"]
+    env.start()
+    try:
+        yield env
+    finally:
+        env.stop()
+        shutil.rmtree(env.data_dir, ignore_errors=True)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
-from api_env import ADMIN, new_env, seed_nodes
+from api_env import serving
 
 from vmbackup.cli.client import Client
 from vmbackup.domain import facts
 from vmbackup.http.openapi import spec
 from vmbackup.http.routes import build_app
-from vmbackup.store.store import Store
 
 NO_ROUTE = {"detail": "Not found."}
 # What a described route is called with: objects that do not exist, so that no call changes anything.
@@ -83,16 +81,8 @@ def test_parameters_are_described_with_the_forms_they_accept():
 
 @pytest.fixture(scope="module")
 def env(lab):
-    env = new_env(lab)
-    store = Store(env.data_dir)
-    seed_nodes(store, lab)
-    del store
-    env.admin_key = env.add_user(*ADMIN, admin=True)
-    env.serve_args = ["--no-discover", "--no-scheduler"]
-    env.start()
-    yield env
-    env.stop()
-    shutil.rmtree(env.data_dir, ignore_errors=True)
+    with serving(lab, ()) as env:
+        yield env
 
 
 def test_every_described_route_answers(env):

@@ -10,31 +10,19 @@ server errors only (ST101, ST102), and on a run that did not test every operatio
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from api_env import ADMIN, BIN, make_vm, new_env, seed, seed_nodes
-
-from vmbackup.store.store import Store
+from api_env import BIN, serving
 
 SERVER_ERRORS = ("ST101", "ST102")
 
 
 @pytest.fixture(scope="module")
 def env(lab):
-    env = new_env(lab)
-    store = Store(env.data_dir)
-    seed_nodes(store, lab)
-    seed(store, lab, make_vm(lab, "fuzz"))
-    del store
-    env.admin_key = env.add_user(*ADMIN, admin=True)
-    env.serve_args = ["--no-discover", "--no-scheduler"]
-    env.start()
-    yield env
-    env.stop()
-    shutil.rmtree(env.data_dir, ignore_errors=True)
+    with serving(lab, ("fuzz",)) as env:
+        yield env
 
 
 def test_no_request_gets_a_server_error(env, tmp_path):
