@@ -321,21 +321,22 @@ class Drill(Transfer):
         self.result["digest_cmd"] = str(hashing)
         if self.module.check_mode:
             return ""
-        try:
-            ran = stream.run_stream(hashing, None, None, VerifyFailed, capture=True)
-        except VerifyFailed as err:
-            raise VerifyFailed("raw stream digest failed: %s" % str(err).split(": ", 1)[-1]) from err.__cause__
-        return digest.digest_of(ran)
+        return self.hash(hashing, "raw stream digest")
 
     def digest(self, kind: str, where: str) -> str:
         """Hash a mounted filesystem or a volume's device; the bytes read are `size`."""
         reader = digest.volume_reader(where) if kind == "volume" else digest.filesystem_reader(where)
         hashing = digest.pipeline(reader, self.p["bwlimit"])
         self.result["digest_cmd"] = str(hashing)
+        return self.hash(hashing, "digest")
+
+    @staticmethod
+    def hash(hashing, what: str) -> str:
+        """Run a digest pipeline; its failure is a failed drill that says which digest failed."""
         try:
             ran = stream.run_stream(hashing, None, None, VerifyFailed, capture=True)
         except VerifyFailed as err:
-            raise VerifyFailed("digest failed: %s" % str(err).split(": ", 1)[-1]) from err.__cause__
+            raise VerifyFailed("%s failed: %s" % (what, str(err).split(": ", 1)[-1])) from err.__cause__
         return digest.digest_of(ran)
 
     def source_digest(self) -> None:
