@@ -247,6 +247,10 @@ def test_a_failed_backup_sends_one_signed_alert(env, receiver):
     assert len(alerts) == 1, alerts
     assert alerts[0]["hostname"] == ghost.hostname and alerts[0]["kind"] == "backup"
     assert alerts[0]["message"] == "Backup failed" and alerts[0]["status"] == "FAILURE"
+    # Which backup failed and why, as data (the detail is text for people).
+    (failure,) = alerts[0]["outcome"]["failed"]
+    assert failure["vm_uuid"] == ghost.uuid and failure["define"] == "fails" and failure["why"]
+    assert alerts[0]["outcome"]["made"] == []
     request = next(r for r in receiver.requests if json.loads(r["body"])["id"] == alerts[0]["id"])
     assert signed(request) and request["headers"]["x-vmbackup-event"] == "job_failed"
     assert request["headers"]["x-vmbackup-delivery"] == alerts[0]["id"]
@@ -320,9 +324,9 @@ def test_lateness_counts_in_the_schedules_own_intervals():
     assert lateness("* * * * *", minute, minute + datetime.timedelta(minutes=5))[1] == pytest.approx(5.5)
 
 
-def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path):
-    """The failure counters come from the job's outcome as data (`failed_items` on the task), kept by the store
-    as tasks end, seen by every process, and kept when old tasks are purged."""
+def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path, monkeypatch):
+    """The failure counters come from the job's outcome as data (the `failed` backups of the task's `outcome`),
+    kept by the store as tasks end, seen by every process, and kept when old tasks are purged."""
     from vmbackup.app.jobs import BackupJob
     from vmbackup.app.queue import JobQueue
     from vmbackup.domain import facts
@@ -340,10 +344,18 @@ def test_a_batch_counts_a_failure_for_each_backup_it_did_not_make(tmp_path):
     outcome = BackupJob().apply(store, task, RunResult("failed", 2, {"backups": {
         facts.batch_key("u", 1, "daily-1"): {"ok": True, "size": 1, "time": 1},
         facts.batch_key("u", 2, "daily-2"): {"ok": False, "msg": "dataset does not exist"}}}))
-    assert outcome.facts["failed_items"] == [["u", 2, "daily"]]
+    assert outcome.failed == [{"vm_uuid": "u", "disk_id": 2, "name": "daily-2", "define": "daily",
+                               "why": "dataset does not exist"}]
+    assert outcome.made == [{"vm_uuid": "u", "disk_id": 1, "name": "daily-1", "define": "daily", "pruned": []}]
+    assert BackupJob().detail(outcome) == "made=1, failed=1; name=daily-1, disk_id=1; daily-2: dataset does not exist"
     # The detail can say anything: the count does not read it.
+    monkeypatch.setattr(BackupJob, "detail", lambda self, outcome: "reworded")
     queue.finish("a-1", RunResult("failed", 2, {"backups": {}}, "the run was lost"))
-    assert store.get_task("a-1")["failed_items"] == [["u", 1, "daily"], ["u", 2, "daily"]]
+    ended = store.get_task("a-1")
+    assert ended["result"]["detail"] == "reworded"
+    assert [(f["vm_uuid"], f["disk_id"], f["define"], f["why"]) for f in ended["outcome"]["failed"]] == [
+        ("u", 1, "daily", "the run was lost"), ("u", 2, "daily", "the run was lost")]
+    assert [entry["outcome"] for entry in store.task_log()] == [ended["outcome"]]
     assert store.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}
     other = Store(str(tmp_path))  # another process on the data dir counts the same
     assert other.failure_counts() == {("u", 1, "daily"): 1, ("u", 2, "daily"): 1}

@@ -175,7 +175,7 @@ class Alerts:
     def _task(task: dict) -> dict:
         result = task.get("result") or {}
         return dict({k: task.get(k) for k in TASK_FIELDS}, status=task.get("status"),
-                    message=result.get("message"), detail=result.get("detail"))
+                    message=result.get("message"), detail=result.get("detail"), outcome=task.get("outcome"))
 
     # -- stale definitions ------------------------------------------------------------------------
     def check_stale(self) -> list[tuple]:

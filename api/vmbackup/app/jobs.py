@@ -7,26 +7,16 @@ items, with retention in the same run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from vmbackup.app import sync
 from vmbackup.domain import facts
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.facts import BackupStatus
+from vmbackup.domain.outcome import Outcome, fields
 from vmbackup.domain.reported import reported_checksum, reported_path
 from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
 
 Disk = tuple
-
-
-@dataclass
-class Outcome:
-    """How a job ended, for its task: success or not, and the detail the task log records."""
-
-    ok: bool
-    detail: str
-    facts: dict = field(default_factory=dict)  # for listeners: e.g. lost=[...] from a sync
 
 
 class Job:
@@ -44,6 +34,12 @@ class Job:
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         raise NotImplementedError
+
+    def detail(self, outcome: Outcome) -> str:
+        """The task's detail as the original API writes it: what was done, else why not."""
+        if outcome.ok:
+            return "; ".join(fields(item, "name", "disk_id") for item in outcome.made)
+        return "; ".join(item["why"] for item in outcome.failed)
 
 
 class BackupJob(Job):
@@ -72,28 +68,28 @@ class BackupJob(Job):
             one = run.result if len(items) == 1 and run.result.get("name") == items[0]["bkpname"] else None
             results = {facts.batch_key(items[0]["vm_uuid"], items[0]["disk_id"], items[0]["bkpname"]): one} \
                 if one else {}
-        made, failed, notes, unmade = [], [], [], []
+        made, failed = [], []
         for item in items:
             res = results.get(facts.batch_key(item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
+            done = {"vm_uuid": item["vm_uuid"], "disk_id": item["disk_id"], "name": item["bkpname"],
+                    "define": item["define"]}
             if res.get("ok"):
                 store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], made_fields(res))
                 pruned = [n for n in res.get("pruned") or [] if isinstance(n, str) and n != item["bkpname"]]
                 if pruned:
                     store.delete_backups(item["vm_uuid"], item["disk_id"], pruned)
-                made.append(item)
-                notes.append("name=%s, disk_id=%s%s" % (item["bkpname"], item["disk_id"],
-                                                        ", pruned=%s" % ",".join(pruned) if pruned else ""))
+                made.append(dict(done, pruned=pruned))
             else:
                 store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
-                unmade.append([item["vm_uuid"], item["disk_id"], item["define"]])
-                failed.append("%s: %s" % (item["bkpname"], res.get("msg") or run.error or run.status))
-        # Which definitions' backups were not made goes on the task as data (`failed_items`): the metrics
-        # count it, never the wording of the detail.
-        facts_ = {"failed_items": unmade}
-        if len(items) == 1:
-            return Outcome(bool(made), notes[0] if made else failed[0].split(": ", 1)[1], facts_)
-        detail = "made=%d, failed=%d" % (len(made), len(failed))
-        return Outcome(bool(made), "; ".join([detail] + notes + failed), facts_)
+                failed.append(dict(done, why=str(res.get("msg") or run.error or run.status)))
+        return Outcome(bool(made), made, failed)
+
+    def detail(self, outcome: Outcome) -> str:
+        lines = [fields(item, "name", "disk_id", "pruned") for item in outcome.made]
+        if len(outcome.made) + len(outcome.failed) == 1:
+            return lines[0] if lines else outcome.failed[0]["why"]
+        return "; ".join(["made=%d, failed=%d" % (len(outcome.made), len(outcome.failed))] + lines
+                         + ["%s: %s" % (item["name"], item["why"]) for item in outcome.failed])
 
 
 class RestoreJob(Job):
@@ -103,10 +99,17 @@ class RestoreJob(Job):
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         b_uuid, b_disk, b_name = task["backup_key"]
         store.update_backup(b_uuid, b_disk, b_name, {"status": BackupStatus.OK})
+        item = {"vm_uuid": b_uuid, "disk_id": b_disk, "name": b_name, "define": task.get("define"),
+                "target_vm_uuid": task["vm_uuid"], "target_hostname": task["hostname"],
+                "target_disk_id": task["disk_id"]}
         if run.ok:
-            return Outcome(True, "name=%s, target_hostname=%s, target_disk_id=%s"
-                           % (b_name, task["hostname"], task["disk_id"]))
-        return Outcome(False, run.error or run.status)
+            return Outcome(True, [item])
+        return Outcome(False, failed=[dict(item, why=run.error or run.status)])
+
+    def detail(self, outcome: Outcome) -> str:
+        if outcome.ok:
+            return fields(outcome.made[0], "name", "target_hostname", "target_disk_id")
+        return outcome.failed[0]["why"]
 
 
 class DeleteJob(Job):
@@ -120,14 +123,24 @@ class DeleteJob(Job):
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         names = task["bkpname"] if isinstance(task["bkpname"], list) else [task["bkpname"]]
-        if run.ok:
-            store.delete_backups(task["vm_uuid"], task["disk_id"], names)
-            return Outcome(True, "name=%s, disk_id=%s" % (",".join(names), task["disk_id"]))
-        destroyed = [n for n in run.result.get("destroyed") or [] if n in names]
+        destroyed = names if run.ok else [n for n in run.result.get("destroyed") or [] if n in names]
         store.delete_backups(task["vm_uuid"], task["disk_id"], destroyed)
-        for name in set(names) - set(destroyed):
+        kept = [n for n in names if n not in destroyed]
+        for name in kept:
             store.update_backup(task["vm_uuid"], task["disk_id"], name, {"status": BackupStatus.OK})
-        return Outcome(False, run.error or run.status)
+
+        def item(name: str) -> dict:
+            return {"vm_uuid": task["vm_uuid"], "disk_id": task["disk_id"], "name": name, "define": None}
+
+        why = run.error or run.status
+        failed = [dict(item(n), why=why) for n in kept] or ([] if run.ok else [{"why": why}])
+        return Outcome(run.ok, [item(n) for n in destroyed], failed)
+
+    def detail(self, outcome: Outcome) -> str:
+        if outcome.ok:  # one line for the backups of one disk: name=a,b, disk_id=1
+            return fields({"name": [item["name"] for item in outcome.made],
+                           "disk_id": outcome.made[0]["disk_id"]}, "name", "disk_id")
+        return outcome.failed[0]["why"]
 
 
 class VerifyJob(Job):
@@ -146,20 +159,27 @@ class VerifyJob(Job):
         reason = str(res.get("reason") or run.error or run.status)[:500]
         # An encrypted disk's backup is proven without its key: by its raw stream, not its content.
         kind = res.get("digest_kind") if res.get("digest_kind") in ("content", "raw-stream") else None
-        fields = {"verify_status": "passed" if passed else "failed", "verify_time": iso(now()),
-                  "verify_digest_kind": kind,
-                  "verify_duration": _round(res.get("duration")), "verify_reason": None if passed else reason}
+        drill = {"verify_status": "passed" if passed else "failed", "verify_time": iso(now()),
+                 "verify_digest_kind": kind,
+                 "verify_duration": _round(res.get("duration")), "verify_reason": None if passed else reason}
         with store.lock:
             if passed:
-                fields.update(verified=fields["verify_time"], verify_digest=digest)
+                drill.update(verified=drill["verify_time"], verify_digest=digest)
                 definition = store.get_definition(b_uuid, b_disk, task.get("define") or "")
                 if definition is not None:
-                    store.save_definition(dict(definition, verified=fields["verified"]))
-            store.update_backup(b_uuid, b_disk, b_name, fields)
-        detail = "name=%s, disk_id=%s, digest=%s%s" % (
-            b_name, b_disk, digest, " (of the raw stream: encrypted, proven without its key)"
-            if kind == "raw-stream" else "") if passed else reason
-        return Outcome(passed, detail, {"drill": fields, "backup_key": [b_uuid, b_disk, b_name]})
+                    store.save_definition(dict(definition, verified=drill["verified"]))
+            store.update_backup(b_uuid, b_disk, b_name, drill)
+        item = {"vm_uuid": b_uuid, "disk_id": b_disk, "name": b_name, "define": task.get("define")}
+        return Outcome(passed, [dict(item, digest=digest, digest_kind=kind)] if passed else [],
+                       [] if passed else [dict(item, why=reason)],
+                       {"drill": drill, "backup_key": [b_uuid, b_disk, b_name]})
+
+    def detail(self, outcome: Outcome) -> str:
+        if not outcome.ok:
+            return outcome.failed[0]["why"]
+        proven = outcome.made[0]
+        return fields(proven, "name", "disk_id", "digest") + (
+            " (of the raw stream: encrypted, proven without its key)" if proven["digest_kind"] == "raw-stream" else "")
 
 
 class SyncJob(Job):
@@ -174,8 +194,13 @@ class SyncJob(Job):
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         summary = sync.apply(store, task.get("extravars", {}).get("sync_nodes") or [], run, task.get("started"),
                              adopt=bool(task.get("adopt")), limit=task.get("import_limit") or sync.IMPORT_LIMIT)
-        return Outcome(summary.ok, summary.detail(), {"lost": summary.lost, "found": summary.found,
-                                                      "imported": summary.imported})
+        found = summary.found_lists()
+        return Outcome(summary.ok, failed=[{"node": node, "why": "could not be listed"} for node in summary.unlisted],
+                       facts={"lost": summary.lost, "found": summary.found, "imported": summary.imported},
+                       found=found)
+
+    def detail(self, outcome: Outcome) -> str:
+        return sync.detail(outcome.found)
 
 
 KINDS = {job.kind: job for job in (BackupJob(), RestoreJob(), DeleteJob(), VerifyJob(), SyncJob())}

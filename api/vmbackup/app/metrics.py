@@ -3,8 +3,8 @@ memory, so a restart, a second instance or `vmbackup user` writing the same data
 
 Per definition (VM disk and definition): the newest good backup's time, size and duration, its
 lateness in schedule intervals (as `vmbackup check` counts it), the last restore drill, and the backup
-jobs that failed (counted by the store as tasks end, from their `failed_items`, and kept when old tasks
-are purged). Per backup node: backups by status (LOST among them), jobs running and queued. And the
+jobs that failed (counted by the store as tasks end, from the `failed` backups of their `outcome`, and kept
+when old tasks are purged). Per backup node: backups by status (LOST among them), jobs running and queued. And the
 scheduler's lag: how long the oldest due definition has waited to start.
 """
 

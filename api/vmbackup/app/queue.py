@@ -20,6 +20,7 @@ from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.events import Events
 from vmbackup.domain.facts import TaskStatus
+from vmbackup.domain.outcome import Outcome
 from vmbackup.engine.protocol import Engine
 from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
@@ -137,25 +138,27 @@ class JobQueue:
         job = jobs.for_task(task)
         try:
             outcome = job.apply(self.store, task, run)
+            detail = job.detail(outcome)
         except Exception as err:  # a bug in applying must still end the task and free its disks
             log.exception("applying the result of %s failed", task_id)
-            outcome = jobs.Outcome(False, "the result could not be applied: %s" % err)
+            detail = "the result could not be applied: %s" % err
+            outcome = Outcome(False, failed=[{"why": detail}])
         status = TaskStatus.SUCCESS if outcome.ok else TaskStatus.FAILURE
         result = {"returncode": 0 if outcome.ok else (run.rc if run.rc not in (None, 0) else 1),
-                  "message": job.message(task, outcome.ok), "detail": outcome.detail}
-        ended = {"status": status, "result": result, "finished": iso(now())}
-        if "failed_items" in outcome.facts:
-            ended["failed_items"] = outcome.facts["failed_items"]
-        self.store.update_task(task_id, ended)
+                  "message": job.message(task, outcome.ok), "detail": detail}
+        # What was made and what failed, as data: what the metrics count and the alerts send (the detail is text
+        # for the API's clients, read by nothing of ours).
+        self.store.update_task(task_id, {"status": status, "result": result, "finished": iso(now()),
+                                         "outcome": outcome.record()})
         self.store.log({"time": iso(now()), "task": task_id, "status": status, "username": task["username"],
-                        "msg": result["message"], "detail": outcome.detail, "object_name": task.get("hostname"),
-                        "task_type": task_id.split("-")[0]})
+                        "msg": result["message"], "detail": detail, "object_name": task.get("hostname"),
+                        "task_type": task_id.split("-")[0], "outcome": outcome.record()})
         with self._lock:
             self._running[task.get("node")].discard(task_id)
         self._next(task.get("node"))
         # Listeners (alerts, metrics) hear of every ended job, and of what it found (a sync's LOST backups).
-        self.events.emit("job_ended", task=dict(task, status=status, result=result), ok=outcome.ok,
-                         **outcome.facts)
+        self.events.emit("job_ended", task=dict(task, status=status, result=result, outcome=outcome.record()),
+                         ok=outcome.ok, **outcome.facts)
 
     def recover(self) -> int:
         """At start: follow the runs of pending jobs (or queue them again); their claims are in the store."""

@@ -51,13 +51,22 @@ class Summary:
     def ok(self) -> bool:
         return bool(self.listed) or not self.unlisted
 
-    def detail(self) -> str:
-        parts = ["listed=%s" % ",".join(self.listed) or "none"]
-        for name in ("unlisted", "lost", "found", "imported", "skipped"):
-            values = getattr(self, name)
-            if values:
-                parts.append("%s=%s" % (name, ",".join(values[:50]) + (",..." if len(values) > 50 else "")))
-        return "; ".join(parts)
+    def found_lists(self) -> dict:
+        """What a sync's task record keeps: each list by its name."""
+        return {name: list(getattr(self, name)) for name in LISTS}
+
+
+LISTS = ("listed", "unlisted", "lost", "found", "imported", "skipped")
+
+
+def detail(found: dict) -> str:
+    """A sync task's detail: each list that has entries, the first 50 of each."""
+    parts = ["listed=%s" % (",".join(found.get("listed") or []) or "none")]
+    for name in LISTS[1:]:
+        values = found.get(name) or []
+        if values:
+            parts.append("%s=%s" % (name, ",".join(values[:50]) + (",..." if len(values) > 50 else "")))
+    return "; ".join(parts)
 
 
 def present(entry: dict) -> bool:

@@ -22,6 +22,7 @@ from tinydb.table import Document
 
 from vmbackup.domain import errors
 from vmbackup.domain.facts import TaskStatus
+from vmbackup.domain.outcome import failed_definitions
 from vmbackup.store.storage import DataDir, PartitionStorage, is_data_dir
 
 __all__ = ["Ambiguous", "Store", "is_data_dir"]
@@ -158,8 +159,9 @@ class Store:
         else:
             self._pending.discard(task_id)
             self._release_claims(task_id)
-            if task.get("failed_items"):
-                self._task_failed[task_id] = [tuple(item) for item in task["failed_items"]]
+            failed = failed_definitions(task)
+            if failed:
+                self._task_failed[task_id] = failed
 
     def _release_claims(self, task_id: str) -> None:
         for disk in [d for d, owner in self._claims.items() if owner == task_id]:
