@@ -221,7 +221,7 @@ def test_each_item_is_checked_alone_and_a_repeated_disk_and_name_is_refused():
     with open(os.path.join(REPO, "playbooks", "vars", "argument_specs.yml")) as handle:
         options = yaml.safe_load(handle)["vmbackup_argument_specs"]["backup"]["options"]
     rules = {"backup_nodes": [BACKUP], "compute_nodes": ["lab-compute"], "zpools": {BACKUP: "bkp"},
-             "stamp": "20261214_010000", "created": "2026-12-14T01:00:00Z"}
+             "time": 1797210000}  # 2026-12-14T01:00:00Z
     given = [{"hostname": "a.lab", "vmbackup_progress_file": "/tmp/a.json"}, {"hostname": "a.lab"}, "a.lab",
              {"hostname": "b.lab", "colour": "red"}, {"hostname": "c.lab", "disk_id": "two"}, {"bkpdef": "x" * 9}]
     items = report.batch_items(given, options, rules, {"node": BACKUP, "bkpdef": "daily", "hostname": "no.lab"})
@@ -230,6 +230,7 @@ def test_each_item_is_checked_alone_and_a_repeated_disk_and_name_is_refused():
         ("backups[1]", "backups[1]: the same disk and backup name as backups[0]"),
         ("backups[2]", "backups[2]: not a dict of a backup's variables")]
     assert items[0]["progress_file"] == "/tmp/a.json" and items[0]["zpool"] == "bkp" and "hostname" in items[0]
+    assert items[0]["created"] == "2026-12-14T01:00:00.000Z"  # the one time format (layout.utc_stamp)
     assert items[3]["problems"].startswith("backups[3].colour: not a variable of a backup")
     assert items[4]["problems"].startswith("backups[4]: argument 'disk_id' is of type")
     assert items[5]["problems"].split("; ") == [  # hostname is each item's own: the top-level one is not shared

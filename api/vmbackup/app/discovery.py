@@ -22,11 +22,8 @@ from vmbackup.store.store import Store
 ROLES = ("compute", "backup")
 log = logging.getLogger("vmbackup.discovery")
 
-# What a node may say, each checked with a full match: a node is not trusted (whoever controls one, or
-# one VM's name on it, chooses these strings), and they reach records, commands and later runs.
-HOSTNAME_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-WORD_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # brand, state
-SOCKET_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{0,4095}")
+# What a node may say is checked with the collection's patterns (layout): a node is not trusted (whoever
+# controls one, or one VM's name on it, chooses these strings), and they reach records, commands and later runs.
 MAX_DISKS = 64
 
 
@@ -36,12 +33,6 @@ class Refused(ValueError):
     def __init__(self, field: str, problem: str):
         super().__init__("%s: %s" % (field, problem))
         self.field = field
-
-
-def is_hostname(name) -> bool:
-    """RFC 1123: dot-separated labels of letters, digits and inner hyphens, 63 each, 253 in all."""
-    return (isinstance(name, str) and 0 < len(name) <= 253
-            and all(HOSTNAME_LABEL_RE.fullmatch(label) for label in name.split(".")))
 
 
 def _integer(value, field: str, low: int, high: int | None = None, nullable: bool = False) -> int | None:
@@ -62,19 +53,19 @@ def checked_vm(vm: dict, node: str) -> dict:
         raise Refused("uuid", "%r is not a uuid" % (uuid,))
     uuid = uuid.lower()
     hostname = vm.get("hostname") or uuid
-    if not is_hostname(hostname):
+    if layout.invalid_hostname(hostname):
         raise Refused("hostname", "%r is not a hostname (RFC 1123, at most 253 characters)" % (hostname,))
     if validation.is_uuid(hostname) and hostname.lower() != uuid:
         raise Refused("hostname", "%r is another VM's uuid" % hostname)
     brand, state = vm.get("brand", "kvm"), vm.get("state", "stopped")
     for field, value in (("brand", brand), ("state", state)):
-        if not isinstance(value, str) or not WORD_RE.fullmatch(value):
+        if not isinstance(value, str) or not layout.WORD_RE.fullmatch(value):
             raise Refused(field, "%r is not a word of lower-case letters, digits, '_' or '-'" % (value,))
     for field in ("installed", "locked"):
         if not isinstance(vm.get(field, False), bool):
             raise Refused(field, "%r is not true or false" % (vm.get(field),))
     qga = vm.get("qga_socket")
-    if qga is not None and not (isinstance(qga, str) and SOCKET_RE.fullmatch(qga) and ".." not in qga.split("/")):
+    if qga is not None and layout.invalid_path(qga):
         raise Refused("qga_socket", "%r is not an absolute path" % (qga,))
     disks = vm.get("disks", [])
     if not isinstance(disks, list) or len(disks) > MAX_DISKS:

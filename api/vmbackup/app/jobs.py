@@ -49,9 +49,7 @@ class BackupJob(Job):
 
     @staticmethod
     def items(task: dict) -> list[dict]:
-        if task.get("items"):
-            return task["items"]
-        return [{k: task.get(k) for k in ("vm_uuid", "hostname", "disk_id", "bkpname", "define")}]  # older tasks
+        return task["items"]
 
     def disks(self, task: dict) -> list[Disk]:
         return [(i["vm_uuid"], i["disk_id"]) for i in self.items(task)]
@@ -63,11 +61,7 @@ class BackupJob(Job):
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         items = self.items(task)
-        results = run.result.get("backups")
-        if not isinstance(results, dict):
-            one = run.result if len(items) == 1 and run.result.get("name") == items[0]["bkpname"] else None
-            results = {facts.batch_key(items[0]["vm_uuid"], items[0]["disk_id"], items[0]["bkpname"]): one} \
-                if one else {}
+        results = run.result.get("backups") if isinstance(run.result.get("backups"), dict) else {}
         made, failed = [], []
         for item in items:
             res = results.get(facts.batch_key(item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 from dataclasses import dataclass, field
 
-from vmbackup.app.discovery import is_hostname
 from vmbackup.domain import facts, validation
 from vmbackup.domain.clock import iso, now, parse
 from vmbackup.domain.facts import BackupStatus
@@ -31,7 +29,6 @@ from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
 
 log = logging.getLogger("vmbackup.sync")
-ISO_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 GONE = "data is gone"  # backup_info's problem for a manifest whose snapshot or file is gone
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 IMPORT_LIMIT = 1000  # imports per backup node per sync (serve --sync-import-limit)
@@ -85,9 +82,10 @@ def imported_record(entry: dict, node: str, zpool: str) -> dict | None:
     disk_id, kind = entry.get("disk_id"), facts.TYPE_OF_WORD.get(entry.get("type"))
     if isinstance(disk_id, bool) or not isinstance(disk_id, int) or not 1 <= disk_id <= 64 or kind is None:
         return None
-    hostname = entry.get("hostname") if is_hostname(entry.get("hostname")) else vm_uuid.lower()
-    created = entry.get("created") if isinstance(entry.get("created"), str) and ISO_RE.fullmatch(entry["created"]) \
-        else None
+    hostname = entry.get("hostname") if facts.layout.invalid_hostname(entry.get("hostname")) is None \
+        else vm_uuid.lower()
+    created = entry.get("created") if isinstance(entry.get("created"), str) \
+        and facts.layout.STAMP_RE.fullmatch(entry["created"]) else None
     size = entry.get("size") if isinstance(entry.get("size"), int) and entry["size"] >= 0 else None
     return {"hostname": hostname, "vm_uuid": vm_uuid.lower(), "define": define, "name": name, "disk_id": disk_id,
             "type": kind, "node": node, "zpool": zpool, "created": iso(parse(created)) if created else None,

@@ -1,10 +1,11 @@
-"""Time as the API writes it: UTC, ISO 8601 with milliseconds and `Z`; backup names' stamps."""
+"""Time as the API writes it (the collection's one format: UTC, ISO 8601 to the millisecond with a `Z`) and
+backup names' stamps."""
 
 from __future__ import annotations
 
 import datetime
 
-from vmbackup.domain.facts import BACKUP_TIME_FORMAT
+from vmbackup.domain.facts import BACKUP_TIME_FORMAT, layout
 
 
 def now() -> datetime.datetime:
@@ -12,15 +13,12 @@ def now() -> datetime.datetime:
 
 
 def iso(when: datetime.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (when.microsecond // 1000)
+    return layout.utc_stamp(when)
 
 
 def parse(text: str | None) -> datetime.datetime | None:
-    """The time of an ISO 8601 UTC stamp written by iso() or by a node, to the microsecond."""
-    if not text:
-        return None
-    when = datetime.datetime.fromisoformat(text)
-    return when.replace(tzinfo=datetime.timezone.utc) if when.tzinfo is None else when
+    """The time of a stamp written by iso() or by a node (0 to 6 decimals), to the microsecond."""
+    return layout.parse_stamp(text) if text else None
 
 
 def backup_name(definition: str, when: datetime.datetime) -> str:

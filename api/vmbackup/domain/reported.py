@@ -3,17 +3,11 @@ before it does (jobs.py for a made backup, sync.py for an imported one)."""
 
 from __future__ import annotations
 
-import re
-
 from vmbackup.domain.facts import layout
-
-REPORTED_PATH_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,4095}")
 
 
 def reported_path(value) -> str | None:
-    if isinstance(value, str) and REPORTED_PATH_RE.fullmatch(value) and ".." not in value.split("/"):
-        return value
-    return None
+    return value if layout.invalid_path(value) is None else None
 
 
 def reported_checksum(value) -> str | None:

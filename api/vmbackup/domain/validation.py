@@ -12,9 +12,6 @@ from vmbackup.domain.facts import layout
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
-# Names are checked with fullmatch: `$` would also match before a trailing newline.
-DEFINITION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-POOL_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,254}")
 DESC_FORBIDDEN = set("<>%$&;'\"")
 REQUIRED = "This field is required."
 
@@ -107,7 +104,7 @@ def is_uuid(value) -> bool:
 
 
 def is_pool_name(value) -> bool:
-    return isinstance(value, str) and POOL_NAME_RE.fullmatch(value) is not None
+    return layout.invalid_pool(value) is None
 
 
 CRON_FIELD = r"[0-9A-Za-z*/,?-]{1,64}"
@@ -125,7 +122,7 @@ def check_desc(fields: Fields, desc: str | None) -> None:
 
 
 def check_definition_name(name: str) -> None:
-    if not DEFINITION_NAME_RE.fullmatch(name) or len(name) > 8:
+    if layout.invalid_definition(name):
         raise errors.ValidationFailed({"name": ["Enter a valid name: at most 8 letters, digits, '.', '_' or '-', "
                                                 "starting with a letter or digit."]})
 

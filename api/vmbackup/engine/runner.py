@@ -161,9 +161,7 @@ class Runner:
         """The pid of the run `ident` if that very process is still alive, else None.
 
         A pid alone is not an identity: after a restart the number may belong to another process. The
-        pid file records the kernel's start time of the process (and the boot), which must still match;
-        a pid file of an older version (a bare number) is trusted only if the process is that run's
-        ansible-runner (its command line names the ident).
+        pid file records the kernel's start time of the process (and the boot), which must still match.
         """
         try:
             with open(os.path.join(self.data_dir(ident), "pid")) as handle:
@@ -172,17 +170,13 @@ class Runner:
             return None
         try:
             identity = json.loads(text)
-            if isinstance(identity, int):
-                identity = {"pid": identity}
             pid = int(identity["pid"])
         except (ValueError, TypeError, KeyError):
             return None
         if not pid_alive(pid):
             return None
-        if "start" in identity:
-            same = identity.get("start") == _start_time(pid) and identity.get("boot") in (None, _boot_id())
-            return pid if same else None
-        return pid if ident in _cmdline(pid) else None
+        same = identity.get("start") == _start_time(pid) and identity.get("boot") in (None, _boot_id())
+        return pid if same else None
 
     def _watch(self, ident: str, on_done: Callable[[RunResult], None]) -> None:
         with self._lock:
@@ -300,14 +294,6 @@ def _boot_id() -> str | None:
             return handle.read().strip()
     except OSError:
         return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -61,6 +61,16 @@ def schema_of(param: Param, in_query: bool) -> dict:
     return schema
 
 
+# A job's outcome as data (domain/outcome.py): an additive field of the task log's lines.
+ITEMS = {"type": "array", "items": {"type": "object", "properties": {
+    k: {} for k in ("vm_uuid", "disk_id", "name", "define", "why", "pruned", "digest", "digest_kind",
+                    "target_vm_uuid", "target_hostname", "target_disk_id", "node")}}}
+OUTCOME = {"type": "object", "description": "What the job made and what it did not and why (for a sync, also "
+           "its lists of pools listed and not, and of backups lost, found and imported)", "properties": dict(
+               {"made": ITEMS, "failed": ITEMS},
+               **{k: {"type": "array", "items": {"type": "string"}} for k in
+                  ("listed", "unlisted", "lost", "found", "imported", "skipped")})}
+
 NULLABLE_STRING = {"type": "string", "nullable": True}
 NULLABLE_INTEGER = {"type": "integer", "nullable": True}
 COMPRESSION_VALUE = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
@@ -99,8 +109,9 @@ RESULTS = {
     "message": {"type": "object", "properties": {"message": {"type": "string"}}, "nullable": True},
     "null": {"nullable": True},
     "task_ids": {"type": "array", "items": {"type": "string"}},
-    "task_log": {"type": "array", "items": {"type": "object", "properties": {
-        k: {} for k in ("time", "task", "status", "username", "msg", "detail", "object_name")}}},
+    "task_log": {"type": "array", "items": {"type": "object", "properties": dict(
+        {k: {} for k in ("time", "task", "status", "username", "msg", "detail", "object_name", "task_type")},
+        outcome=OUTCOME)}},
     "task_info": {"type": "object"},
     "job_result": {"type": "object", "nullable": True, "properties": {
         "returncode": {"type": "integer"}, "message": {"type": "string"}, "detail": {}}},

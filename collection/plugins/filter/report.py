@@ -7,6 +7,7 @@ variables checked, its VM found in the compute nodes' answers, and the one resul
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -25,6 +26,9 @@ description:
   - C(variable_problems) checks a playbook's variables against the rules an argument spec cannot say (nodes of
     the inventory, names by the collection's patterns, numbers), one message per problem naming the variable;
     tasks/validate.yml and C(batch_items) both use it.
+  - C(pool_or_default) gives a pool as given, or C(zones) (the collection's default pool) when none is.
+  - C(utc_stamp) writes a time (a datetime, naive taken as UTC, or Unix seconds) as every time of vmbackup is
+    written, ISO 8601 UTC to the millisecond with a Z, e.g. C(now(utc=true) | vmbackup.zfs.utc_stamp).
 positional: _input
 options:
   _input:
@@ -57,6 +61,11 @@ BATCH_ONLY = ("backups", "vmbackup_parallel", "vmbackup_progress_file")
 RECORD_FIELDS = ("name", "define", "hostname", "vm_uuid", "disk_id", "compute_node", "source", "node", "zpool",
                  "type", "created", "size", "time", "target", "file_path", "checksum", "manifest", "incremental",
                  "base", "raw", "kept_aside", "pruned_source", "cmd", "fsfreeze", "retention", "pruned", "kept")
+
+
+def pool_or_default(pool) -> str:
+    """A pool as given, or layout.DEFAULT_POOL where none is (None or '')."""
+    return pool or layout.DEFAULT_POOL
 
 
 def batch_key(vm_uuid: str, disk_id, bkpname: str) -> str:
@@ -165,11 +174,13 @@ def rule_problems(item: dict, rules: dict, word) -> list[str]:
 def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = None, listed: bool = True) -> list:
     """Each backup with its defaults, checked: `problems` ('' when it may run) names the item and the variable.
 
-    rules: {backup_nodes, compute_nodes, zpools (each backup node's vmbackup_zpool), stamp (UTC %Y%m%d_%H%M%S),
-    created (ISO time)}; shared: the top-level
-    variables; listed: the backups came as the list `backups` (messages then say backups[<n>].<variable>).
+    rules: {backup_nodes, compute_nodes, zpools (each backup node's vmbackup_zpool), time (Unix seconds the
+    backups' names and `created` take; now if not given)}; shared: the top-level variables; listed: the
+    backups came as the list `backups` (messages then say backups[<n>].<variable>).
     """
     spec, rules, shared, backups = plain(spec), plain(rules), plain(shared), plain(backups)
+    when = time.time() if rules.get("time") is None else float(rules["time"])
+    stamp, created = time.strftime(layout.BACKUP_TIME_FORMAT, time.gmtime(when)), layout.utc_stamp(when)
     options = item_spec(spec)
     common = {name: value for name, value in given(shared).items() if name in SHARED}
     items = []
@@ -179,7 +190,7 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
         def word(name: str, label: str = label) -> str:
             return "%s.%s" % (label, name) if label else name
 
-        item = {"index": index, "label": label, "created": rules["created"], "problems": "",
+        item = {"index": index, "label": label, "created": created, "problems": "",
                 "failed_task": "Check the variables"}
         if not isinstance(raw, dict):
             items.append(dict(item, key=label, problems="%s: not a dict of a backup's variables" % label))
@@ -196,9 +207,9 @@ def batch_items(backups: list, spec: dict, rules: dict, shared: dict | None = No
                     for name in unknown]
         problems += ["%s%s" % (label + ": " if label else "", m) for m in checked.error_messages]
         if not problems:
-            item["zpool"] = item.get("zpool") or rules["zpools"].get(item["node"]) or "zones"
+            item["zpool"] = pool_or_default(item.get("zpool") or rules["zpools"].get(item["node"]))
             problems = rule_problems(item, rules, word)
-            item["bkpname"] = item.get("bkpname") or "%s-%s" % (item["bkpdef"], rules["stamp"])
+            item["bkpname"] = item.get("bkpname") or "%s-%s" % (item["bkpdef"], stamp)
         item["key"] = batch_key(item.get("vm_uuid") or item.get("hostname") or label, item.get("disk_id"),
                                 item.get("bkpname") or item.get("bkpdef"))
         item["problems"] = "; ".join(problems)
@@ -366,4 +377,5 @@ class FilterModule:
     def filters(self) -> dict:
         return {"batch_key": batch_key, "batch_items": batch_items, "batch_locate": batch_locate,
                 "batch_nodes": batch_nodes, "batch_result": batch_result, "batch_said": batch_said,
-                "batch_failures": batch_failures, "variable_problems": variable_problems}
+                "batch_failures": batch_failures, "variable_problems": variable_problems,
+                "utc_stamp": layout.utc_stamp, "pool_or_default": pool_or_default}

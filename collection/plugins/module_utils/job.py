@@ -11,10 +11,10 @@ report when the stream failed, and what was done to undo the run.
 
 from __future__ import annotations
 
-import datetime
 import shlex
 import signal
 
+from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 from ansible_collections.vmbackup.zfs.plugins.module_utils.pipeline import PipelineError
 from ansible_collections.vmbackup.zfs.plugins.module_utils.zfs import ZfsError
 
@@ -46,8 +46,8 @@ def ignore_signals() -> None:
 
 
 def utc_now() -> str:
-    """ISO 8601 UTC with a Z, the API's format for `created`."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now as every time is written (layout.STAMP_RE: ISO 8601 UTC to the millisecond, with a Z)."""
+    return layout.utc_stamp()
 
 
 def _cause(err: BaseException | None) -> BaseException | None:

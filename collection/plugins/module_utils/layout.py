@@ -4,13 +4,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Names and places: what a valid ZFS name is, where backups live, how files are compressed.
 
-Each fact here has no other home; modules, playbooks and the API import it from this file. Every
-pattern ends in \\Z and is matched with re.fullmatch: `$` would let a trailing newline through. The
-playbooks' copies (playbooks/vars/common.yml) are the same patterns; a test keeps them agreeing.
+Each fact here has no other home; modules, playbooks (through the report filters) and the API import it
+from this file. Every pattern ends in \\Z and is matched with re.fullmatch: `$` would let a trailing
+newline through.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 
 # ZFS component names: no leading '-' (it would read as an option), no '..', no shell metacharacters.
@@ -23,6 +24,18 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 DEFINITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}\Z")
 BACKUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,7}-[0-9]{8}_[0-9]{6}\Z")
 BACKUP_TIME_FORMAT = "%Y%m%d_%H%M%S"
+# Times in records, manifests, snapshot properties and results: ISO 8601 UTC to the millisecond with a Z, as the
+# API writes `created` (2013-10-14T13:37:01.123Z). Read with 0 to 6 decimals: older manifests have 0 or 6.
+STAMP_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z\Z")
+# A host name as RFC 1123 has it: dot-separated labels of letters, digits and inner hyphens, 63 each, 253 in all.
+HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# A word a node reports of a VM (its brand, its state): lower-case letters, digits, '_' or '-'.
+WORD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+# An absolute path a node reports (a backup file, a guest agent's socket): no shell or glob characters.
+PATH_RE = re.compile(r"^/[A-Za-z0-9_.:@+/-]{1,4095}\Z")
+# The pool of the backups (a definition's zpool, a backup node's vmbackup_zpool) and of the VM disks (a compute
+# node's vmbackup_pool) where none is named: SmartOS's, as in the original API.
+DEFAULT_POOL = "zones"
 # The compute node's VM disks: <pool>/<uuid>-disk<N> (KVM/bhyve zvols) or <pool>/<uuid> (OS zones).
 DISK_DATASET_RE = re.compile(r"^(?P<pool>[^/]+)/(?P<uuid>[0-9a-fA-F-]{36})(?:-disk(?P<disk>[0-9]+))?\Z")
 MAX_NAME = 255
@@ -67,6 +80,41 @@ def invalid_pool(name: str) -> str | None:
     if not isinstance(name, str) or not POOL_RE.fullmatch(name) or len(name) > MAX_NAME:
         return "'%s' is not a pool name: start with a letter, then letters, digits or '_.:-'" % name
     return None
+
+
+def invalid_hostname(name) -> str | None:
+    """Why `name` is not a host name, or None."""
+    if not isinstance(name, str) or not 0 < len(name) <= 253 \
+            or not all(HOSTNAME_LABEL_RE.fullmatch(label) for label in name.split(".")):
+        return "is not a host name (labels of letters, digits and inner '-', 63 each, 253 in all)"
+    return None
+
+
+def invalid_path(path) -> str | None:
+    """Why `path` is not an absolute path of plain characters without a '..' component, or None."""
+    if not isinstance(path, str) or not PATH_RE.fullmatch(path) or ".." in path.split("/"):
+        return "is not an absolute path of letters, digits and '_.:@+/-' without '..'"
+    return None
+
+
+def utc_stamp(when=None) -> str:
+    """`when` (a datetime, naive ones taken as UTC, or Unix seconds; now if None) as STAMP_RE writes it."""
+    if when is None:
+        when = datetime.datetime.now(datetime.timezone.utc)
+    elif isinstance(when, (int, float)):
+        when = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    elif when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    when = when.astimezone(datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (when.microsecond // 1000)
+
+
+def parse_stamp(text: str) -> datetime.datetime:
+    """The UTC time of a STAMP_RE text, to the microsecond; ValueError for any other text."""
+    if not isinstance(text, str) or not STAMP_RE.fullmatch(text):
+        raise ValueError("not an ISO 8601 UTC time such as 2013-10-14T13:37:01.123Z: %r" % (text,))
+    when = datetime.datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")
+    return when.replace(microsecond=int(text[20:-1].ljust(6, "0") or 0), tzinfo=datetime.timezone.utc)
 
 
 def invalid_uuid(value: str) -> str | None:

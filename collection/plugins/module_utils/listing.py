@@ -6,16 +6,11 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 
 from ansible_collections.vmbackup.zfs.plugins.module_utils import layout
 from ansible_collections.vmbackup.zfs.plugins.module_utils.dataset import Dataset
 from ansible_collections.vmbackup.zfs.plugins.module_utils.manifest import BACKUP_PROPERTIES, PART_MARK, read_manifest
-
-
-def _iso_of_epoch(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _disk_id(value, disk: int) -> int:
@@ -39,7 +34,7 @@ def dataset_backups(node, zpool: str) -> list[dict]:
         name = props[layout.PROP_BACKUP] or snap.name
         item = {"name": name, "vm_uuid": vm_uuid, "hostname": props[layout.PROP_HOSTNAME], "disk": disk,
                 "disk_id": _disk_id(props[layout.PROP_DISK_ID], disk), "definition": props[layout.PROP_DEFINITION],
-                "created": props[layout.PROP_CREATED] or _iso_of_epoch(snap.creation),
+                "created": props[layout.PROP_CREATED] or layout.utc_stamp(snap.creation),
                 "size": int(props["referenced"] or 0), "type": "dataset", "path": snap.full, "checksum": None,
                 "dataset": snap.dataset, "snapshot": snap.name, "guid": snap.guid, "createtxg": snap.createtxg,
                 "referenced": int(props["referenced"] or 0), "used": int(props["used"] or 0),
@@ -117,7 +112,7 @@ def _file_backups_of_disk(folder: str, vm_uuid: str, disk: int) -> list[dict]:
         data = manifest or {}
         created = data.get("created")
         if created is None and has_file:
-            created = _iso_of_epoch(int(os.path.getmtime(path)))
+            created = layout.utc_stamp(int(os.path.getmtime(path)))
         item = {"name": data.get("backup") or layout.backup_of_file(entry), "vm_uuid": vm_uuid,
                 "hostname": data.get("hostname"), "disk": disk, "disk_id": _disk_id(data.get("disk_id"), disk),
                 "definition": data.get("definition"), "created": created,
