@@ -151,10 +151,10 @@ def test_a_job_answered_but_not_started_before_a_crash_runs_after_the_restart(la
                                  "retention": 0, "active": True, "compression": 0, "bwlimit": None, "desc": "",
                                  "fsfreeze": False, "created": "2026-01-01T00:00:00.000Z"})
     first.queue._hand_over = lambda task: None  # the process dies right after answering
-    task_id = first.create_backup({"id": 1, "username": "admin", "is_admin": True}, vm.uuid, "daily", {})
-    assert first.store.get_task(task_id)["status"] == "PENDING" and not first.runner.running(task_id)
+    task_id = first.backups.create({"id": 1, "username": "admin", "is_admin": True}, vm.uuid, "daily", {})
+    assert first.store.get_task(task_id)["status"] == "PENDING" and not first.queue.runner.running(task_id)
     second = Service(Store(data), Runner(os.path.join(data, "runs"), os.path.join(data, "hosts.yml")))
-    assert second.recover() == 1
+    assert second.tasks.recover() == 1
     task = wait_task(second, task_id)
     assert task["status"] == "SUCCESS", task["result"]
     assert [b["status"] for b in second.store.backups(vm_uuid=vm.uuid)] == [1]
