@@ -12,7 +12,7 @@ import pytest
 from fake_engine import FakeEngine, backup_answer
 
 from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
-from vmbackup.app.service import Service, wait_for
+from vmbackup.app.service import Service
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso
 from vmbackup.domain.facts import BackupStatus, TaskStatus
@@ -46,8 +46,8 @@ def seeded(tmp_path, engine: FakeEngine, jobs_per_node=None) -> Service:
                          "installed": True, "locked": False})
     service = Service(store, engine, jobs_per_node=jobs_per_node)
     for name in VMS:
-        service.create_definition(ADMIN, name + ".fast", "daily", {"node": "tb", "zpool": "backup",
-                                                                   "schedule": "0 4 * * *", "retention": 3})
+        service.definitions.create(ADMIN, name + ".fast", "daily", {"node": "tb", "zpool": "backup",
+                                                                    "schedule": "0 4 * * *", "retention": 3})
     return service
 
 
@@ -60,8 +60,8 @@ def test_every_engine_is_an_engine(tmp_path):
 def test_a_backup_is_recorded_with_what_its_run_reported(tmp_path):
     engine = FakeEngine(str(tmp_path / "runs"), answer=lambda playbook, extravars: backup_answer(extravars, size=777))
     service = seeded(tmp_path, engine)
-    task_id = service.create_backup(ADMIN, "web.fast", "daily", {})
-    task = wait_for(service, task_id, timeout=10, poll=0.02)
+    task_id = service.backups.create(ADMIN, "web.fast", "daily", {})
+    task = service.tasks.wait(task_id, timeout=10, poll=0.02)
     assert task["status"] == TaskStatus.SUCCESS, task
     playbook, extravars = engine.started_runs[task_id]
     assert playbook == "backup.yml" and extravars["hostname"] == "web.fast" and extravars["keep_snapshot"] is True
@@ -72,7 +72,7 @@ def test_a_backup_is_recorded_with_what_its_run_reported(tmp_path):
 def test_a_failed_run_leaves_no_record_and_is_counted(tmp_path):
     engine = FakeEngine(str(tmp_path / "runs"), answer=lambda playbook, extravars: backup_answer(extravars, ok=False))
     service = seeded(tmp_path, engine)
-    task = wait_for(service, service.create_backup(ADMIN, "web.fast", "daily", {}), timeout=10, poll=0.02)
+    task = service.tasks.wait(service.backups.create(ADMIN, "web.fast", "daily", {}), timeout=10, poll=0.02)
     assert task["status"] == TaskStatus.FAILURE and "did not answer" in json.dumps(task), task
     assert service.store.backups(vm_uuid=VMS["web"]) == []
     assert sum(service.store.failure_counts().values()) == 1
@@ -81,18 +81,18 @@ def test_a_failed_run_leaves_no_record_and_is_counted(tmp_path):
 def test_jobs_beyond_the_limit_of_a_backup_node_wait_for_a_free_slot(tmp_path):
     engine = FakeEngine(str(tmp_path / "runs"), hold=True)
     service = seeded(tmp_path, engine, jobs_per_node=1)
-    first = service.create_backup(ADMIN, "web.fast", "daily", {})
-    second = service.create_backup(ADMIN, "db.fast", "daily", {})
+    first = service.backups.create(ADMIN, "web.fast", "daily", {})
+    second = service.backups.create(ADMIN, "db.fast", "daily", {})
     assert until(lambda: engine.running(first))
     assert not engine.started(second) and service.store.get_task(second)["queued"] is True
     time.sleep(1.05)  # a backup name is <bkpdef>-<UTC second>: the next one is another backup of the same disk
     with pytest.raises(errors.Conflict):  # the disk a pending job holds
-        service.create_backup(ADMIN, "web.fast", "daily", {})
+        service.backups.create(ADMIN, "web.fast", "daily", {})
     engine.release(first)
-    assert wait_for(service, first, timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
+    assert service.tasks.wait(first, timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
     assert until(lambda: engine.running(second))  # the slot it freed
     engine.release(second)
-    assert wait_for(service, second, timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
+    assert service.tasks.wait(second, timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
 
 
 def test_a_due_definition_runs_once_in_one_batch(tmp_path):
@@ -105,7 +105,7 @@ def test_a_due_definition_runs_once_in_one_batch(tmp_path):
     when = datetime.datetime(2026, 11, 28, 4, 0, 5, tzinfo=datetime.timezone.utc)
     started = Scheduler(service, str(tmp_path / "data")).tick(when)
     assert len(started) == 1 and Scheduler(service, str(tmp_path / "data")).tick(when) == []
-    assert wait_for(service, started[0], timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
+    assert service.tasks.wait(started[0], timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
     playbook, extravars = engine.started_runs[started[0]]
     assert sorted(item["hostname"] for item in extravars["backups"]) == ["db.fast", "web.fast"]
     assert len(service.store.backups()) == 2 and SYSTEM_USER["username"]
@@ -134,4 +134,4 @@ def test_the_routes_answer_in_the_apis_envelopes(tmp_path):
     code, body = call("POST", "/vm/web.fast/backup/daily")
     assert code == 201 and body["status"] == "PENDING" and until(lambda: engine.running(body["task_id"])), body
     engine.release(body["task_id"])
-    assert wait_for(service, body["task_id"], timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
+    assert service.tasks.wait(body["task_id"], timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS

@@ -131,7 +131,7 @@ def test_a_record_with_a_payload_hostname_backs_up_and_a_scheduled_batch_too(lab
                                        "retention": 1, "active": True, "compression": 0, "bwlimit": None,
                                        "desc": "", "fsfreeze": False, "created": "2026-01-01T00:00:00.000Z",
                                        "last_due": "2026-01-01T00:00:00.000Z"})
-    task = wait_task(service, service.create_backup(admin, vms[0].uuid, "daily", {}))
+    task = wait_task(service, service.backups.create(admin, vms[0].uuid, "daily", {}))
     assert task["status"] == "SUCCESS", task["result"]
     time.sleep(1.1)  # the next backup gets another name (its time stamp has seconds)
     started = Scheduler(service, str(tmp_path / "data")).tick()
@@ -151,10 +151,10 @@ def test_a_job_answered_but_not_started_before_a_crash_runs_after_the_restart(la
                                  "retention": 0, "active": True, "compression": 0, "bwlimit": None, "desc": "",
                                  "fsfreeze": False, "created": "2026-01-01T00:00:00.000Z"})
     first.queue._hand_over = lambda task: None  # the process dies right after answering
-    task_id = first.create_backup({"id": 1, "username": "admin", "is_admin": True}, vm.uuid, "daily", {})
-    assert first.store.get_task(task_id)["status"] == "PENDING" and not first.runner.running(task_id)
+    task_id = first.backups.create({"id": 1, "username": "admin", "is_admin": True}, vm.uuid, "daily", {})
+    assert first.store.get_task(task_id)["status"] == "PENDING" and not first.queue.runner.running(task_id)
     second = Service(Store(data), Runner(os.path.join(data, "runs"), os.path.join(data, "hosts.yml")))
-    assert second.recover() == 1
+    assert second.tasks.recover() == 1
     task = wait_task(second, task_id)
     assert task["status"] == "SUCCESS", task["result"]
     assert [b["status"] for b in second.store.backups(vm_uuid=vm.uuid)] == [1]
@@ -600,7 +600,8 @@ def test_a_definition_put_never_undoes_what_the_scheduler_wrote_meanwhile(tmp_pa
     changes and writes under the lock too, so the scheduler's write lands after it, and both stay."""
     from types import SimpleNamespace
 
-    from vmbackup.app.service import SCHEDULER, Service
+    from vmbackup.app.service import Service
+    from vmbackup.app.tasks import SCHEDULER
     from vmbackup_lab.lab import LabVM
     store = Store(str(tmp_path))
     machine = LabVM(str(uuidlib.uuid4()), "put-%s.lab" % uuidlib.uuid4().hex[:6], size_mb=64)
@@ -608,9 +609,9 @@ def test_a_definition_put_never_undoes_what_the_scheduler_wrote_meanwhile(tmp_pa
     seed_nodes(store, pools)
     seed(store, pools, machine)
     service = Service(store, runner=None)
-    service.create_definition(SCHEDULER, machine.hostname, "daily", {"node": "tb", "zpool": "bkp",
+    service.definitions.create(SCHEDULER, machine.hostname, "daily", {"node": "tb", "zpool": "bkp",
                                                                       "schedule": "0 4 * * *", "retention": 3})
-    checked = service._check_definition
+    checked = service.definitions._check
     scheduler_wrote = threading.Event()
 
     def scheduler_tick():
@@ -624,8 +625,8 @@ def test_a_definition_put_never_undoes_what_the_scheduler_wrote_meanwhile(tmp_pa
         scheduler_wrote.wait(0.5)  # blocked on the lock: the PUT holds it
         checked(fields, definition)
 
-    monkeypatch.setattr(service, "_check_definition", slow_check)
-    service.update_definition(SCHEDULER, machine.hostname, "daily", {"retention": 9})
+    monkeypatch.setattr(service.definitions, "_check", slow_check)
+    service.definitions.update(SCHEDULER, machine.hostname, "daily", {"retention": 9})
     assert scheduler_wrote.wait(5)
     after = store.get_definition(machine.uuid, 1, "daily")
     assert (after["retention"], after["last_due"]) == (9, "2026-12-05T04:00:00Z")

@@ -47,7 +47,7 @@ def test_the_tree_keeps_its_contracts(tree):
 @pytest.mark.parametrize("module, line, contract", [
     ("domain/errors.py", "from vmbackup.app import check", "import only downward"),        # upward
     ("store/journal.py", "from vmbackup.engine import runner", "import only downward"),     # sideways
-    ("app/service.py", "from vmbackup.http import routes", "import only downward"),         # upward
+    ("app/backups.py", "from vmbackup.http import routes", "import only downward"),         # upward
     ("app/check.py", "import vmbackup_lab.lab", "does not import the labs"),                # the product loads the lab
 ])
 def test_an_import_against_the_layers_fails_the_check(tree, module, line, contract):

@@ -17,7 +17,7 @@ from conftest import snapshots
 from vmbackup.app.application import Application
 from vmbackup.app.config import Config
 from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
-from vmbackup.app.service import iso, wait_for
+from vmbackup.domain.clock import iso
 
 
 def utc(*args) -> datetime.datetime:
@@ -36,12 +36,12 @@ def app(lab):
                                        "pools": {pool: {"free": 10**10}}})
     yield application
     for task in application.store.pending_tasks():
-        wait_for(application.service, task["task_id"], timeout=120)
+        application.service.tasks.wait(task["task_id"], timeout=120)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def definition(app, lab, vm, name="hourly", schedule="0 * * * *", last_due=None, **extra) -> dict:
-    created = app.service.create_definition(SYSTEM_USER, vm.hostname, name, dict(
+    created = app.service.definitions.create(SYSTEM_USER, vm.hostname, name, dict(
         {"node": "tb", "zpool": lab.backup_pool, "schedule": schedule, "retention": 0}, **extra))
     if last_due:
         stored = app.store.get_definition(vm.uuid, 1, name)
@@ -63,7 +63,7 @@ def test_a_due_time_runs_once_whatever_the_number_of_threads(app, lab):
         thread.join()
     assert len(started) == 1
     assert Scheduler(app.service, app.data_dir).tick(when + datetime.timedelta(seconds=30)) == []
-    task = wait_for(app.service, started[0], timeout=120)
+    task = app.service.tasks.wait(started[0], timeout=120)
     assert task["status"] == "SUCCESS" and started[0].startswith("0a0d1-")  # an automatic job
     assert len(app.store.backups(vm_uuid=vm.uuid)) == 1
 
@@ -75,7 +75,7 @@ def test_a_restart_does_not_run_a_due_time_again(app, lab):
     when = utc(2026, 11, 28, 10, 0, 5)
     first = Scheduler(app.service, app.data_dir).tick(when)
     assert len(first) == 1
-    wait_for(app.service, first[0], timeout=120)
+    app.service.tasks.wait(first[0], timeout=120)
     restarted = Application(app.config)  # a new process reading the same records
     assert Scheduler(restarted.service, restarted.data_dir).tick(when) == []
 
@@ -87,7 +87,7 @@ def test_missed_runs_collapse_into_one_catch_up_run(app, lab):
     started = Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 2))
     assert len(started) == 1
     assert app.store.get_definition(vm.uuid, 1, "hourly")["last_due"].startswith("2026-11-28T10:00:00")
-    wait_for(app.service, started[0], timeout=120)
+    app.service.tasks.wait(started[0], timeout=120)
 
 
 def test_a_run_that_cannot_start_is_logged_with_the_reason(app, lab):
@@ -108,9 +108,9 @@ def test_inactive_and_changed_definitions_take_effect_at_once(app, lab):
     seed(app.store, lab, vm)
     definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30), active=False)
     assert Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 5)) == []
-    app.service.update_definition(SYSTEM_USER, vm.hostname, "hourly", {"active": True, "schedule": "0 0 1 1 *"})
+    app.service.definitions.update(SYSTEM_USER, vm.hostname, "hourly", {"active": True, "schedule": "0 0 1 1 *"})
     assert Scheduler(app.service, app.data_dir).tick() == []  # the new schedule counts from now
-    app.service.delete_definition(SYSTEM_USER, vm.hostname, "hourly", {})
+    app.service.definitions.delete(SYSTEM_USER, vm.hostname, "hourly", {})
     assert Scheduler(app.service, app.data_dir).tick() == []
 
 
@@ -119,33 +119,33 @@ def test_retention_keeps_exactly_n_and_the_next_incremental_works(app, lab):
     seed(app.store, lab, vm)
     definition(app, lab, vm, name="keep2", retention=2)
     for _ in range(4):
-        task_id = app.service.create_backup(SYSTEM_USER, vm.hostname, "keep2", {})
-        assert wait_for(app.service, task_id, timeout=120)["status"] == "SUCCESS"
+        task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "keep2", {})
+        assert app.service.tasks.wait(task_id, timeout=120)["status"] == "SUCCESS"
         for task in app.store.pending_tasks():  # the retention job
-            assert wait_for(app.service, task["task_id"], timeout=120)["status"] == "SUCCESS"
+            assert app.service.tasks.wait(task["task_id"], timeout=120)["status"] == "SUCCESS"
         time.sleep(1.1)
     kept = sorted(b["name"] for b in app.store.backups(vm_uuid=vm.uuid))
     assert len(kept) == 2
     target = "%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)
     assert snapshots(target) == kept
     lab.write_data(vm.disk(lab.compute_pool, 0), "after.bin", 1)
-    task_id = app.service.create_backup(SYSTEM_USER, vm.hostname, "keep2", {})
-    assert wait_for(app.service, task_id, timeout=120)["status"] == "SUCCESS"
+    task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "keep2", {})
+    assert app.service.tasks.wait(task_id, timeout=120)["status"] == "SUCCESS"
     newest = max(app.store.backups(vm_uuid=vm.uuid), key=lambda b: b["created"])
     assert 2**20 <= newest["size"] < 2 * 2**20  # incremental: only the new MiB went over
 
 
 def test_a_node_job_limit_queues_the_rest(app, lab):
-    app.service.jobs_per_node = 1
+    app.service.queue.jobs_per_node = 1
     first, second = make_vm(lab, "q1"), make_vm(lab, "q2")
     for vm in (first, second):
         seed(app.store, lab, vm)
         definition(app, lab, vm, name="q", bwlimit=2000000)
-    one = app.service.create_backup(SYSTEM_USER, first.hostname, "q", {})
-    two = app.service.create_backup(SYSTEM_USER, second.hostname, "q", {})
+    one = app.service.backups.create(SYSTEM_USER, first.hostname, "q", {})
+    two = app.service.backups.create(SYSTEM_USER, second.hostname, "q", {})
     assert app.store.get_task(two)["queued"] is True and app.store.get_task(one)["queued"] is False
-    assert wait_for(app.service, one, timeout=120)["status"] == "SUCCESS"
-    assert wait_for(app.service, two, timeout=120)["status"] == "SUCCESS"
+    assert app.service.tasks.wait(one, timeout=120)["status"] == "SUCCESS"
+    assert app.service.tasks.wait(two, timeout=120)["status"] == "SUCCESS"
     assert app.store.get_task(one)["finished"] <= app.store.get_task(two)["launched"]
 
 
@@ -191,18 +191,18 @@ def test_definitions_due_together_run_as_one_batch_per_backup_node(app, lab):
     destroy(vms[2].disk(lab.compute_pool, 0))  # this one will fail; the others must not
     started = Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 5))
     assert len(started) == 1  # one run for the backup node tb
-    task = wait_for(app.service, started[0], timeout=180)
+    task = app.service.tasks.wait(started[0], timeout=180)
     assert task["status"] == "SUCCESS" and "made=2, failed=1" in task["result"]["detail"], task["result"]["detail"]
     for vm in vms[:2]:
         (backup,) = app.store.backups(vm_uuid=vm.uuid)
         assert backup["status"] == 1 and backup["size"] > 4 * 2**20
         assert snapshots("%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)) == [backup["name"]]
     assert app.store.backups(vm_uuid=vms[2].uuid) == []
-    assert not app.service.busy(vms[0].uuid, 1)  # every disk is free again
+    assert not app.service.backups.busy(vms[0].uuid, 1)  # every disk is free again
 
 
 def test_a_batch_is_spread_over_runs_by_compute_node():
-    from vmbackup.app.service import spread
+    from vmbackup.app.backups import spread
     pairs = [({"n": i}, {"item": {"compute_node": node}}) for i, node in enumerate("AAAAABBBCC")]
     for runs, sizes in ((1, [10]), (2, [5, 5]), (3, [5, 3, 2]), (8, [5, 3, 2])):
         groups = spread(pairs, runs)

@@ -12,10 +12,11 @@ from prometheus_client import start_http_server
 from vmbackup.app.alerts import Alerts, Webhooks
 from vmbackup.app.auth import Auth
 from vmbackup.app.config import Config
+from vmbackup.app.definitions import DEFINITION_FIELDS
 from vmbackup.app.discovery import Discovery
 from vmbackup.app.metrics import Metrics
 from vmbackup.app.scheduler import Scheduler
-from vmbackup.app.service import DEFINITION_FIELDS, Service, wait_for
+from vmbackup.app.service import Service
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.facts import TaskStatus
@@ -64,10 +65,10 @@ class Application:
     def sync(self, wait: bool = False, node: str | None = None, timeout: float = 1800, adopt: bool = False) -> dict:
         """Start a sync with the backup nodes (unless one is running); with `wait`, its finished task."""
         running = [t for t in self.store.pending_tasks() if t.get("kind") == "sync"]
-        task_id = running[0]["task_id"] if running else self.service.sync(None, node, adopt=adopt)
+        task_id = running[0]["task_id"] if running else self.service.backups.sync(None, node, adopt=adopt)
         if not wait:
             return self.store.get_task(task_id)
-        task = wait_for(self.service, task_id, timeout=timeout, poll=0.3)
+        task = self.service.tasks.wait(task_id, timeout=timeout, poll=0.3)
         if task["status"] == TaskStatus.PENDING:
             raise RuntimeError("sync %s did not end within %d s" % (task_id, timeout))
         return task
@@ -94,16 +95,16 @@ class Application:
                       ("hostname", "vm_uuid", "name") and v is not None}
             vm_key = definition.get("vm_uuid") or definition.get("hostname") or ""
             try:
-                vm = self.service.vm_for(admin, str(vm_key))
+                vm = self.service.access.vm_for(admin, str(vm_key))
                 existing = self.store.get_definition(vm["uuid"], int(fields.get("disk_id", 1)), str(definition["name"]))
                 if existing is not None and not replace:
                     raise errors.NotAcceptable(errors.DEFINITION_EXISTS)
                 if existing is not None:
-                    self.service.update_definition(admin, vm["uuid"], str(definition["name"]),
-                                                   {k: v for k, v in fields.items() if k != "type"})
+                    self.service.definitions.update(admin, vm["uuid"], str(definition["name"]),
+                                                    {k: v for k, v in fields.items() if k != "type"})
                     report["replaced"].append(label)
                 else:
-                    self.service.create_definition(admin, vm["uuid"], str(definition.get("name")), fields)
+                    self.service.definitions.create(admin, vm["uuid"], str(definition.get("name")), fields)
                     report["imported"].append(label)
             except errors.ApiError as err:
                 report["refused"].append({"definition": label, "why": err.detail})
@@ -143,10 +144,10 @@ class Application:
         discover_every, schedule = self.config.discover_every, self.config.schedule
         if self.alerts is not None:
             self.alerts.start()  # before recovery: jobs that ended while we were down alert too
-        recovered = self.service.recover()
+        recovered = self.service.tasks.recover()
         if recovered:
             log.info("following %d job(s) left by an earlier run", recovered)
-        for username, changes in self.service.owners_by_uuid().items():
+        for username, changes in self.service.access.owners_by_uuid().items():
             log.warning("user %s: VMs given by hostname are now kept by uuid: %s", username, changes)
         if schedule:
             self.scheduler.start()

@@ -142,7 +142,7 @@ class Metrics:
 
     def registry(self, user: dict | None) -> CollectorRegistry:
         visible = None if user is None or user.get("is_admin") else \
-            (lambda vm_uuid: self.service.may_see(user, vm_uuid))
+            (lambda vm_uuid: self.service.access.may_see(user, vm_uuid))
         return registry(self.service.store, self.service.queue, self.scheduler, visible)
 
     def render(self, user: dict | None) -> bytes:

@@ -19,7 +19,8 @@ import time
 
 from croniter import croniter
 
-from vmbackup.app.service import SCHEDULER, Service
+from vmbackup.app.service import Service
+from vmbackup.app.tasks import SCHEDULER
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso, now, parse
 from vmbackup.domain.facts import TaskStatus
@@ -84,7 +85,7 @@ class Scheduler:
             for definition in definitions:
                 if definition.get("active"):
                     self.next_due(definition)
-            self.service.drill_candidates()
+            self.service.backups.drill_candidates()
         except Exception:  # the ticks meet the same error and log it each time; the service must start
             log.exception("scheduler warm-up failed")
         log.info("scheduler: %d definitions looked at in %.2f s", len(definitions), time.monotonic() - started)
@@ -128,7 +129,7 @@ class Scheduler:
             return [task_id] if task_id else []
         if not due:
             return []
-        started, refused = self.service.create_batch([d for d, _ in due])
+        started, refused = self.service.backups.create_batch([d for d, _ in due])
         due_times = {(d["vm_uuid"], d["disk_id"], d["name"]): t for d, t in due}
         for definition, reason in refused:
             self.refused(definition, due_times[(definition["vm_uuid"], definition["disk_id"],
@@ -153,15 +154,15 @@ class Scheduler:
         """Start the restore drills that are due (a few per tick); a disk with a job is tried next tick."""
         definitions = {(d["vm_uuid"], d["disk_id"], d["name"]): d for d in self.store.definitions()}
         started = []
-        for backup in self.service.drill_candidates():
+        for backup in self.service.backups.drill_candidates():
             if len(started) >= self.drills_per_tick:
                 break
             definition = definitions.get((backup["vm_uuid"], backup["disk_id"], backup["define"]))
             if definition is None or not self.drill_due(definition, when):
                 continue
             try:
-                task_id = self.service.verify_backup(SYSTEM_USER, backup["vm_uuid"], backup["name"],
-                                                     {"disk_id": backup["disk_id"]}, automatic=True)
+                task_id = self.service.backups.verify(SYSTEM_USER, backup["vm_uuid"], backup["name"],
+                                                      {"disk_id": backup["disk_id"]}, automatic=True)
             except (errors.ApiError, errors.ValidationFailed) as err:
                 log.info("drill of %s/%s waits: %s", backup["hostname"], backup["name"], getattr(err, "detail", err))
                 continue
@@ -209,8 +210,8 @@ class Scheduler:
     def run(self, definition: dict, due: datetime.datetime) -> str | None:
         """Start the backup as if an admin had POSTed it; log why if it cannot start."""
         try:
-            task_id = self.service.create_backup(SYSTEM_USER, definition["vm_uuid"], definition["name"],
-                                                 {"disk_id": definition["disk_id"]}, automatic=True)
+            task_id = self.service.backups.create(SYSTEM_USER, definition["vm_uuid"], definition["name"],
+                                                  {"disk_id": definition["disk_id"]}, automatic=True)
         except (errors.ApiError, errors.ValidationFailed) as err:
             self.refused(definition, due, getattr(err, "detail", None) or str(err))
             return None

@@ -1,4 +1,4 @@
-"""HTTP only: URLs, parameters, envelopes, headers and status codes. The rules live in the service."""
+"""HTTP only: URLs, parameters, envelopes, headers and status codes. The rules live in the use cases (`app/`)."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def stream(service: Service, task_id: str, interval: float = STREAM_INTERVAL,
     def body():
         last = start = time.monotonic()
         while True:
-            task = service.task_record(task_id)
+            task = service.tasks.get(task_id)
             if task is None or task["status"] != TaskStatus.PENDING or time.monotonic() - start >= limit:
                 break
             if time.monotonic() - last >= interval:
@@ -252,7 +252,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
                 if getattr(err, "retry_after", None):
                     response.set_header("Retry-After", str(err.retry_after))
             except errors.ValidationFailed as err:
-                response = envelope(service.task_id(user, "d"), TaskStatus.FAILURE, err.errors, 400)
+                response = envelope(service.tasks.new_id(user, "d"), TaskStatus.FAILURE, err.errors, 400)
             except errors.LoginFailed as err:
                 response = _json({"detail": str(err)}, 400)
             except bottle.HTTPResponse:
@@ -266,7 +266,7 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         return wrapped
 
     def answer(user, result, code: int = 200) -> bottle.HTTPResponse:
-        return envelope(service.task_id(user, "d"), TaskStatus.SUCCESS, result, code)
+        return envelope(service.tasks.new_id(user, "d"), TaskStatus.SUCCESS, result, code)
 
     def pending(task_id) -> bottle.HTTPResponse:
         if isinstance(task_id, dict):  # done at once (a LOST backup removed from the records)
@@ -296,51 +296,51 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         query = params()
         who = "admin" if user.get("is_admin") else tuple(sorted(user.get("vms") or []))
         key = ("definitions", tuple(sorted(query.items())), who)
-        text = listings.get(service.data_version(), key, lambda: service.list_definitions(user, query))
-        return envelope_of(service.task_id(user, "d"), text)
+        text = listings.get(service.data_version(), key, lambda: service.definitions.list(user, query))
+        return envelope_of(service.tasks.new_id(user, "d"), text)
 
     def vm_definitions(user, vm):
-        return answer(user, service.list_definitions(user, params(), vm))
+        return answer(user, service.definitions.list(user, params(), vm))
 
     def get_definition(user, vm, name):
-        return answer(user, service.get_definition(user, vm, name, params()))
+        return answer(user, service.definitions.get(user, vm, name, params()))
 
     def create_definition(user, vm, name):
-        return answer(user, service.create_definition(user, vm, name, params()), 201)
+        return answer(user, service.definitions.create(user, vm, name, params()), 201)
 
     def update_definition(user, vm, name):
-        return answer(user, service.update_definition(user, vm, name, params()))
+        return answer(user, service.definitions.update(user, vm, name, params()))
 
     def delete_definition(user, vm, name):
-        service.delete_definition(user, vm, name, params())
+        service.definitions.delete(user, vm, name, params())
         return answer(user, None)
 
     # -- backups ------------------------------------------------------------------------------------
     def list_backups(user, vm):
-        return answer(user, service.list_backups(user, vm, params()))
+        return answer(user, service.backups.list(user, vm, params()))
 
     def delete_backups(user, vm):
-        outcome = service.delete_backups(user, vm, params())
+        outcome = service.backups.delete_many(user, vm, params())
         return pending(outcome) or answer(user, outcome)
 
     def get_backup(user, vm, name):
-        return answer(user, service.get_backup(user, vm, name, params()))
+        return answer(user, service.backups.get(user, vm, name, params()))
 
     def create_backup(user, vm, name):
-        return pending(service.create_backup(user, vm, name, params()))
+        return pending(service.backups.create(user, vm, name, params()))
 
     def put_backup(user, vm, name):
         data = params()
         if "note" in data:
-            return answer(user, service.set_note(user, vm, name, data))
-        return pending(service.restore_backup(user, vm, name, data))
+            return answer(user, service.backups.set_note(user, vm, name, data))
+        return pending(service.backups.restore(user, vm, name, data))
 
     def delete_backup(user, vm, name):
-        outcome = service.delete_backup(user, vm, name, params())
+        outcome = service.backups.delete(user, vm, name, params())
         return pending(outcome) or answer(user, outcome)
 
     def verify_backup(user, vm, name):
-        return pending(service.verify_backup(user, vm, name, params()))
+        return pending(service.backups.verify(user, vm, name, params()))
 
     # -- sync and tasks -----------------------------------------------------------------------------
     def sync_nodes(user):
@@ -349,27 +349,27 @@ def build_app(service: Service, auth: Auth, stream_limit: float = 3600.0, metric
         fields = validation.Fields(data)
         adopt = fields.boolean("adopt", False)  # admin only, as every sync: import backups of VMs nobody reports
         fields.raise_if_any()
-        return pending(service.sync(user, node if isinstance(node, str) else None, adopt=adopt))
+        return pending(service.backups.sync(user, node if isinstance(node, str) else None, adopt=adopt))
 
     def task_list(user):
-        return answer(user, service.pending_task_ids(user))
+        return answer(user, service.tasks.pending_ids(user))
 
     def task_log(user):
-        return answer(user, service.task_log(user))
+        return answer(user, service.tasks.log(user))
 
     def task_detail(user, task_id):
-        return envelope(task_id, TaskStatus.SUCCESS, service.task_info(user, task_id), 200)
+        return envelope(task_id, TaskStatus.SUCCESS, service.tasks.info(user, task_id), 200)
 
     def task_status(user, task_id):
-        task = service.visible_task(user, task_id)
+        task = service.tasks.visible(user, task_id)
         return status_response(task)
 
     def task_done(user, task_id):
-        task = service.visible_task(user, task_id)
+        task = service.tasks.visible(user, task_id)
         return _json({"task_id": task_id, "done": task["status"] != TaskStatus.PENDING}, 200, {"es_task_id": task_id})
 
     def task_cancel(user, task_id):
-        service.cancel(user, task_id)
+        service.tasks.cancel(user, task_id)
         return envelope(task_id, TaskStatus.SUCCESS, {"message": "Task canceled"}, 200)
 
     # -- extensions ---------------------------------------------------------------------------------
