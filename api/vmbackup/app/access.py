@@ -48,29 +48,6 @@ class Access:
             return errors.NotFound(errors.VM_AMBIGUOUS % (hostname, len(uuids), visible[0]))
         return errors.NotFound(errors.VM_AMBIGUOUS % (hostname, len(visible), ", ".join(visible)))
 
-    def owners_by_uuid(self) -> dict[str, str]:
-        """Owners given VMs by hostname (by an earlier version) keep them by uuid from now on; hostnames
-        that name no VM or several are dropped. Returns what changed per user, for the log."""
-        changes = {}
-        with self.store.lock:
-            for user in self.store.users():
-                kept, notes = [], []
-                for entry in user.get("vms") or []:
-                    if validation.is_uuid(entry):
-                        kept.append(entry.lower())
-                        continue
-                    try:
-                        vm = self.store.get_vm(entry)
-                    except Ambiguous:
-                        vm = None
-                    if vm is not None:
-                        kept.append(vm["uuid"])
-                    notes.append("%s -> %s" % (entry, vm["uuid"] if vm else "dropped (no single VM has it)"))
-                if notes:
-                    self.store.save_user(dict(user, vms=kept))
-                    changes[user["username"]] = ", ".join(notes)
-        return changes
-
     # -- nodes and VMs --------------------------------------------------------------------------
     def node_operational(self, name: str) -> bool:
         node = self.store.get_node(name)

@@ -147,8 +147,6 @@ class Application:
         recovered = self.service.tasks.recover()
         if recovered:
             log.info("following %d job(s) left by an earlier run", recovered)
-        for username, changes in self.service.access.owners_by_uuid().items():
-            log.warning("user %s: VMs given by hostname are now kept by uuid: %s", username, changes)
         if schedule:
             self.scheduler.start()
         threading.Thread(target=self._housekeeping, daemon=True, name="housekeeping").start()

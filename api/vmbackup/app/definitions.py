@@ -80,7 +80,7 @@ class Definitions:
             "hostname": vm["hostname"], "vm_uuid": vm["uuid"], "name": name, "disk_id": disk["disk_id"],
             "type": fields.integer("type", 1, low=1, high=2),
             "node": fields.string("node", required=True),
-            "zpool": fields.string("zpool", "zones"),
+            "zpool": fields.string("zpool", facts.layout.DEFAULT_POOL),
             "schedule": fields.string("schedule", preset[0] if preset else None, required=preset is None),
             "retention": fields.integer("retention", preset[1] if preset else None, required=preset is None,
                                         low=0, high=65536),

@@ -1,8 +1,9 @@
 """The kinds of job: what each claims, which playbook it runs, and how its run's result becomes records.
 
-A job's checks (who may, in API.md's order) live in the service; the queue runs jobs and calls `apply`
-when a run ends. Every backup, a single one or a scheduled batch, is one `backup.yml` run over a list of
-items, with retention in the same run.
+A job's checks (who may, in API.md's order) live in the use cases that start it (backups.py); the queue runs
+jobs, calls `apply` when a run ends and writes the task's detail from the outcome with `detail`. Every
+backup, a single one or a scheduled batch, is one `backup.yml` run over a list of items, with retention in
+the same run.
 """
 
 from __future__ import annotations

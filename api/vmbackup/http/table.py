@@ -81,7 +81,7 @@ def definition_fields(create: bool) -> tuple[Param, ...]:
         Param("type", INTEGER, description="1 dataset, 2 file; not changeable after creation", default=1 if create
               else None, low=1, high=2),
         Param("node", required=create, description="Backup node name"),
-        Param("zpool", description="Pool on the backup node", default="zones" if create else None),
+        Param("zpool", description="Pool on the backup node", default=facts.layout.DEFAULT_POOL if create else None),
         Param("schedule", description="Cron schedule in UTC, 5 fields (required unless a predefined name)"),
         Param("retention", INTEGER, description="Backups to keep, 0 keeps all (required unless a predefined name)",
               low=0, high=65536),
