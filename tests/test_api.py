@@ -204,6 +204,12 @@ def test_define_create_list_note_restore_delete(env, kind, compression):
     bkpname = done["result"]["detail"].split(",")[0].split("=")[1]
     listed = client.get("vm/%s/backup" % vm.hostname, define=name).result
     assert listed == [bkpname]
+    # What the job made, as data beside the detail's text (additive): the task and its log line say the same.
+    outcome = client.get("task/%s" % done["task_id"]).result["outcome"]
+    assert outcome["failed"] == [] and [(m["vm_uuid"], m["disk_id"], m["name"], m["define"])
+                                        for m in outcome["made"]] == [(vm.uuid, 1, bkpname, name)]
+    logged = [e for e in client.get("task/log").result if e["task"] == done["task_id"]]
+    assert [e["outcome"] for e in logged] == [outcome]
     backup = client.get("vm/%s/backup/%s" % (vm.hostname, bkpname)).result
     assert backup["status"] == 1 and backup["size"] > 4 * 2**20 and backup["note"] == "first"
     assert backup["vm"] == vm.hostname and backup["created"].endswith("Z") and backup["define"] == name

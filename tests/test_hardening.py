@@ -402,9 +402,10 @@ def start_stranger() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
 
 
-@pytest.mark.parametrize("pid_file", ["identity", "legacy"])
+@pytest.mark.parametrize("pid_file", ["identity", "bare-number"])
 def test_cancel_after_pid_reuse_leaves_the_stranger_alive(env, pid_file):
-    """A task whose run folder names a pid now used by another process (as after a restart)."""
+    """A task whose run folder names a pid now used by another process (as after a restart): with another
+    start time, or as a bare number (no identity to check: never trusted)."""
     stranger = start_stranger()
     try:
         task_id = "1e1d1-%s-aaaa-bbbb-cccc" % uuidlib.uuid4().hex[:8]
@@ -421,6 +422,8 @@ def test_cancel_after_pid_reuse_leaves_the_stranger_alive(env, pid_file):
         store.insert_task({"task_id": task_id, "kind": "backup", "playbook": "backup.yml", "status": "PENDING",
                            "username": "admin", "user_id": 1, "vm_uuid": vm.uuid, "hostname": vm.hostname,
                            "disk_id": 1, "bkpname": "gone-20260101_000000", "node": "tb", "queued": False,
+                           "items": [{"vm_uuid": vm.uuid, "hostname": vm.hostname, "disk_id": 1,
+                                      "bkpname": "gone-20260101_000000", "define": "gone"}],
                            "extravars": {}, "result": None})
         del store
         env.start()

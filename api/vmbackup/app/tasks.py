@@ -16,8 +16,9 @@ from vmbackup.domain.facts import TaskStatus
 from vmbackup.engine.protocol import Engine
 from vmbackup.store.store import Store
 
+# What GET /api/task/<id>/ shows of a task; `outcome` (additive) is what its job made and what failed, as data.
 TASK_INFO = ("view", "method", "hostname", "disk_id", "bkpname", "define", "username", "started", "finished", "queued",
-             "awx_job")
+             "awx_job", "outcome")
 # The user the scheduler's jobs (and the record commands' automatic ones) run as.
 SCHEDULER = {"id": 0, "username": "scheduler", "is_admin": True, "vms": []}
 

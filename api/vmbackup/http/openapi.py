@@ -112,7 +112,7 @@ RESULTS = {
     "task_log": {"type": "array", "items": {"type": "object", "properties": dict(
         {k: {} for k in ("time", "task", "status", "username", "msg", "detail", "object_name", "task_type")},
         outcome=OUTCOME)}},
-    "task_info": {"type": "object"},
+    "task_info": {"type": "object", "properties": {"outcome": dict(OUTCOME, nullable=True)}},
     "job_result": {"type": "object", "nullable": True, "properties": {
         "returncode": {"type": "integer"}, "message": {"type": "string"}, "detail": {}}},
 }
