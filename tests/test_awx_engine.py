@@ -24,7 +24,8 @@ from awx_standin import StandIn  # noqa: E402
 
 from vmbackup.app.application import Application  # noqa: E402
 from vmbackup.app.config import Config  # noqa: E402
-from vmbackup.app.scheduler import SYSTEM_USER, Scheduler  # noqa: E402
+from vmbackup.app.scheduler import Scheduler
+from vmbackup.app.tasks import SCHEDULER  # noqa: E402
 from vmbackup.store.store import Store  # noqa: E402
 
 TOKEN = "s3cret-awx-token"
@@ -247,7 +248,7 @@ def awx_app(lab):
 
 
 def define(app, lab, vm, name: str, **extra) -> None:
-    app.service.definitions.create(SYSTEM_USER, vm.hostname, name, dict(
+    app.service.definitions.create(SCHEDULER, vm.hostname, name, dict(
         {"node": "tb", "zpool": lab.backup_pool, "schedule": "0 * * * *", "retention": 0}, **extra))
 
 
@@ -291,15 +292,15 @@ def test_every_kind_of_job_the_api_starts_passes_awxs_launch_rules_and_runs(awx_
     vm, other = vms
     define(app, lab, other, "files", type=2, compression="zstd")
     for _ in range(4):
-        task = done(app, service.backups.create(SYSTEM_USER, other.hostname, "files", {}))
+        task = done(app, service.backups.create(SCHEDULER, other.hostname, "files", {}))
         assert task["status"] == "SUCCESS", task["result"]
     sent = launched(standin)
     assert sent["template"] == "vmbackup: back up a VM disk" and sent["extra_vars"]["compression"] == "zstd"
 
     (made,) = names(app, vm, "hourly")
-    task = done(app, service.backups.verify(SYSTEM_USER, vm.hostname, made, {}))
+    task = done(app, service.backups.verify(SCHEDULER, vm.hostname, made, {}))
     assert task["status"] == "SUCCESS" and launched(standin)["template"] == "vmbackup: verify a backup", task
-    task = done(app, service.backups.restore(SYSTEM_USER, vm.hostname, made, {
+    task = done(app, service.backups.restore(SCHEDULER, vm.hostname, made, {
         "target_hostname_or_uuid": vm.hostname, "target_disk_id": 1, "force": True}))
     assert task["status"] == "SUCCESS", task["result"]
     sent = launched(standin)
@@ -308,14 +309,14 @@ def test_every_kind_of_job_the_api_starts_passes_awxs_launch_rules_and_runs(awx_
 
     # Delete one, then several: the survey's text question gets the names comma-separated.
     files = names(app, other, "files")
-    task = done(app, service.backups.delete(SYSTEM_USER, other.hostname, files[0], {}))
+    task = done(app, service.backups.delete(SCHEDULER, other.hostname, files[0], {}))
     assert task["status"] == "SUCCESS" and launched(standin)["extra_vars"]["bkpname"] == files[0], task["result"]
-    task = done(app, service.backups.delete_many(SYSTEM_USER, other.hostname, {"bkpnames": files[1:]}))
+    task = done(app, service.backups.delete_many(SCHEDULER, other.hostname, {"bkpnames": files[1:]}))
     sent = launched(standin)
     assert task["status"] == "SUCCESS" and names(app, other, "files") == [], task["result"]
     assert sent["template"] == "vmbackup: delete backups" and sent["extra_vars"]["bkpname"] == ",".join(files[1:])
 
-    task = done(app, service.backups.sync(SYSTEM_USER))
+    task = done(app, service.backups.sync(SCHEDULER))
     assert task["status"] == "SUCCESS" and launched(standin)["template"] == "vmbackup: list the backups of the nodes"
 
     assert [launch["code"] for launch in standin.launches] == [201] * len(standin.launches)
@@ -328,10 +329,10 @@ def test_progress_while_the_job_runs_and_every_event_over_many_pages(awx_app, la
     vm = make_vm(lab, "awxslow", data_mb=12)
     seed(app.store, lab, vm)
     define(app, lab, vm, "slow", bwlimit=1_000_000)
-    task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "slow", {})
+    task_id = app.service.backups.create(SCHEDULER, vm.hostname, "slow", {})
     steps, statuses = [], set()
     while app.store.get_task(task_id)["status"] == "PENDING":
-        info = app.service.tasks.info(SYSTEM_USER, task_id)
+        info = app.service.tasks.info(SCHEDULER, task_id)
         if info["status"] == "PENDING" and (info.get("progress") or {}).get("step"):
             steps.append(info["progress"]["step"])
             statuses.add(standin.jobs[info["progress"]["awx_job"]]["status"])
@@ -351,13 +352,13 @@ def test_a_job_canceled_in_awx_ends_canceled_and_cannot_be_canceled_twice(awx_ap
     vm = make_vm(lab, "awxcancel", data_mb=12)
     seed(app.store, lab, vm)
     define(app, lab, vm, "slow", bwlimit=500_000)
-    task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "slow", {})
+    task_id = app.service.backups.create(SCHEDULER, vm.hostname, "slow", {})
     deadline = time.monotonic() + 60
     while not (app.store.get_task(task_id).get("awx_job") in standin.jobs
                and standin.jobs[app.store.get_task(task_id)["awx_job"]]["status"] == "running"):
         assert time.monotonic() < deadline, "the AWX job never ran"
         time.sleep(0.2)
-    app.service.tasks.cancel(SYSTEM_USER, task_id)
+    app.service.tasks.cancel(SCHEDULER, task_id)
     task = done(app, task_id)
     job_id = task["awx_job"]
     assert task["status"] == "FAILURE" and standin.statuses[job_id][-1] == "canceled", task["result"]
@@ -375,7 +376,7 @@ def test_a_job_awx_cannot_run_ends_in_error_with_awxs_explanation(awx_app, lab):
     vm = make_vm(lab, "awxerror")
     seed(app.store, lab, vm)
     define(app, lab, vm, "daily")
-    task = done(app, app.service.backups.create(SYSTEM_USER, vm.hostname, "daily", {}))
+    task = done(app, app.service.backups.create(SCHEDULER, vm.hostname, "daily", {}))
     assert task["status"] == "FAILURE", task
     assert "could not run (status error)" in task["result"]["detail"] and "gone.yml" in task["result"]["detail"]
     assert standin.statuses[task["awx_job"]] == ["new", "pending", "waiting", "error"]
@@ -387,7 +388,7 @@ def test_a_launch_whose_variables_awx_ignored_fails_and_says_what_to_change(awx_
     vm = make_vm(lab, "awxignored")
     seed(app.store, lab, vm)
     define(app, lab, vm, "daily", fsfreeze=False)
-    task = done(app, app.service.backups.create(SYSTEM_USER, vm.hostname, "daily", {}))
+    task = done(app, app.service.backups.create(SCHEDULER, vm.hostname, "daily", {}))
     detail = task["result"]["detail"]
     assert task["status"] == "FAILURE" and "fsfreeze" in detail and "protect" in detail, task
     assert "'vmbackup: back up a VM disk'" in detail and "Prompt on launch" in detail, detail
@@ -402,12 +403,12 @@ def test_the_engine_waits_for_awxs_events_after_the_status_but_not_forever(awx_a
     vm = make_vm(lab, "awxlate")
     seed(app.store, lab, vm)
     define(app, lab, vm, "daily")
-    task = done(app, app.service.backups.create(SYSTEM_USER, vm.hostname, "daily", {}))
+    task = done(app, app.service.backups.create(SCHEDULER, vm.hostname, "daily", {}))
     job = standin.jobs[task["awx_job"]]
     assert task["status"] == "FAILURE" and job["event_processing_finished"], task["result"]  # it waited
     assert "Reach the backup node: the backup node is on fire" in task["result"]["detail"]
     app.runner.events_wait = 0.2  # a bound shorter than AWX's delay: the task ends without the message
-    task = done(app, app.service.backups.create(SYSTEM_USER, vm.hostname, "daily", {}))
+    task = done(app, app.service.backups.create(SCHEDULER, vm.hostname, "daily", {}))
     job = standin.jobs[task["awx_job"]]
     assert task["status"] == "FAILURE" and not job["event_processing_finished"], task["result"]
     assert "on fire" not in task["result"]["detail"]

@@ -11,8 +11,10 @@ import time
 import pytest
 from fake_engine import FakeEngine, backup_answer
 
-from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
+from vmbackup.app.config import Config
+from vmbackup.app.scheduler import Scheduler
 from vmbackup.app.service import Service
+from vmbackup.app.tasks import SCHEDULER
 from vmbackup.domain import errors
 from vmbackup.domain.clock import iso
 from vmbackup.domain.facts import BackupStatus, TaskStatus
@@ -44,7 +46,7 @@ def seeded(tmp_path, engine: FakeEngine, jobs_per_node=None) -> Service:
         store.upsert_vm({"uuid": uuid, "hostname": name + ".fast", "node": "tc", "brand": "kvm", "state": "running",
                          "disks": [{"disk_id": 1, "dataset": "zones/%s-disk0" % uuid, "size": 2**30, "snapshots": 0}],
                          "installed": True, "locked": False})
-    service = Service(store, engine, jobs_per_node=jobs_per_node)
+    service = Service(store, engine, Config(jobs_per_node=jobs_per_node))
     for name in VMS:
         service.definitions.create(ADMIN, name + ".fast", "daily", {"node": "tb", "zpool": "backup",
                                                                     "schedule": "0 4 * * *", "retention": 3})
@@ -108,7 +110,7 @@ def test_a_due_definition_runs_once_in_one_batch(tmp_path):
     assert service.tasks.wait(started[0], timeout=10, poll=0.02)["status"] == TaskStatus.SUCCESS
     playbook, extravars = engine.started_runs[started[0]]
     assert sorted(item["hostname"] for item in extravars["backups"]) == ["db.fast", "web.fast"]
-    assert len(service.store.backups()) == 2 and SYSTEM_USER["username"]
+    assert len(service.store.backups()) == 2 and SCHEDULER["username"]
 
 
 def test_the_routes_answer_in_the_apis_envelopes(tmp_path):

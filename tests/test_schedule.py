@@ -16,7 +16,8 @@ from conftest import snapshots
 
 from vmbackup.app.application import Application
 from vmbackup.app.config import Config
-from vmbackup.app.scheduler import SYSTEM_USER, Scheduler
+from vmbackup.app.scheduler import Scheduler
+from vmbackup.app.tasks import SCHEDULER
 from vmbackup.domain.clock import iso
 
 
@@ -41,7 +42,7 @@ def app(lab):
 
 
 def definition(app, lab, vm, name="hourly", schedule="0 * * * *", last_due=None, **extra) -> dict:
-    created = app.service.definitions.create(SYSTEM_USER, vm.hostname, name, dict(
+    created = app.service.definitions.create(SCHEDULER, vm.hostname, name, dict(
         {"node": "tb", "zpool": lab.backup_pool, "schedule": schedule, "retention": 0}, **extra))
     if last_due:
         stored = app.store.get_definition(vm.uuid, 1, name)
@@ -108,9 +109,9 @@ def test_inactive_and_changed_definitions_take_effect_at_once(app, lab):
     seed(app.store, lab, vm)
     definition(app, lab, vm, last_due=utc(2026, 11, 28, 9, 30), active=False)
     assert Scheduler(app.service, app.data_dir).tick(utc(2026, 11, 28, 10, 0, 5)) == []
-    app.service.definitions.update(SYSTEM_USER, vm.hostname, "hourly", {"active": True, "schedule": "0 0 1 1 *"})
+    app.service.definitions.update(SCHEDULER, vm.hostname, "hourly", {"active": True, "schedule": "0 0 1 1 *"})
     assert Scheduler(app.service, app.data_dir).tick() == []  # the new schedule counts from now
-    app.service.definitions.delete(SYSTEM_USER, vm.hostname, "hourly", {})
+    app.service.definitions.delete(SCHEDULER, vm.hostname, "hourly", {})
     assert Scheduler(app.service, app.data_dir).tick() == []
 
 
@@ -119,7 +120,7 @@ def test_retention_keeps_exactly_n_and_the_next_incremental_works(app, lab):
     seed(app.store, lab, vm)
     definition(app, lab, vm, name="keep2", retention=2)
     for _ in range(4):
-        task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "keep2", {})
+        task_id = app.service.backups.create(SCHEDULER, vm.hostname, "keep2", {})
         assert app.service.tasks.wait(task_id, timeout=120)["status"] == "SUCCESS"
         for task in app.store.pending_tasks():  # the retention job
             assert app.service.tasks.wait(task["task_id"], timeout=120)["status"] == "SUCCESS"
@@ -129,7 +130,7 @@ def test_retention_keeps_exactly_n_and_the_next_incremental_works(app, lab):
     target = "%s/backups/ds/%s-disk0" % (lab.backup_pool, vm.uuid)
     assert snapshots(target) == kept
     lab.write_data(vm.disk(lab.compute_pool, 0), "after.bin", 1)
-    task_id = app.service.backups.create(SYSTEM_USER, vm.hostname, "keep2", {})
+    task_id = app.service.backups.create(SCHEDULER, vm.hostname, "keep2", {})
     assert app.service.tasks.wait(task_id, timeout=120)["status"] == "SUCCESS"
     newest = max(app.store.backups(vm_uuid=vm.uuid), key=lambda b: b["created"])
     assert 2**20 <= newest["size"] < 2 * 2**20  # incremental: only the new MiB went over
@@ -141,8 +142,8 @@ def test_a_node_job_limit_queues_the_rest(app, lab):
     for vm in (first, second):
         seed(app.store, lab, vm)
         definition(app, lab, vm, name="q", bwlimit=2000000)
-    one = app.service.backups.create(SYSTEM_USER, first.hostname, "q", {})
-    two = app.service.backups.create(SYSTEM_USER, second.hostname, "q", {})
+    one = app.service.backups.create(SCHEDULER, first.hostname, "q", {})
+    two = app.service.backups.create(SCHEDULER, second.hostname, "q", {})
     assert app.store.get_task(two)["queued"] is True and app.store.get_task(one)["queued"] is False
     assert app.service.tasks.wait(one, timeout=120)["status"] == "SUCCESS"
     assert app.service.tasks.wait(two, timeout=120)["status"] == "SUCCESS"

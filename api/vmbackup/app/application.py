@@ -48,9 +48,7 @@ class Application:
         else:
             self.runner = self.local_runner
         self.auth = Auth(self.store)
-        self.service = Service(self.store, self.runner, size_limit=config.size_limit,
-                               jobs_per_node=config.jobs_per_node, batch_runs=config.batch_runs,
-                               sync_import_limit=config.sync_import_limit)
+        self.service = Service(self.store, self.runner, config)
         self.scheduler = Scheduler(self.service, self.data_dir, interval=config.schedule_interval,
                                    verify_every=config.verify_every)
         self.discovery = Discovery(self.store, self.local_runner, self.inventory, events=self.service.events)

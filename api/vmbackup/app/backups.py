@@ -7,9 +7,9 @@ import collections
 import os
 
 from vmbackup.app.access import Access
+from vmbackup.app.config import Config
 from vmbackup.app.jobs import BackupJob, DeleteJob, RestoreJob, SyncJob, VerifyJob
 from vmbackup.app.queue import JobQueue
-from vmbackup.app.sync import IMPORT_LIMIT
 from vmbackup.app.tasks import SCHEDULER, Tasks
 from vmbackup.domain import errors, validation
 from vmbackup.domain.clock import backup_name, iso, now
@@ -29,17 +29,17 @@ class Backups:
     verify (restore drills); sync with the backup nodes."""
 
     def __init__(self, store: Store, runner: Engine, queue: JobQueue, access: Access, tasks: Tasks,
-                 size_limit: int | None = None, batch_runs: int | None = None, sync_import_limit: int = IMPORT_LIMIT):
+                 config: Config):
         self.store = store
         self.runner = runner
         self.queue = queue
         self.access = access
         self.tasks = tasks
-        self.size_limit = size_limit
+        self.size_limit = config.size_limit
         # Runs a backup node's scheduled batch is split into: one ansible-playbook works its tasks in a
         # single process, so a batch of 1,000 disks needs a run per controller CPU (compute nodes apart).
-        self.batch_runs = max(1, batch_runs or os.cpu_count() or 1)
-        self.sync_import_limit = sync_import_limit  # backups a sync imports from one backup node at most
+        self.batch_runs = max(1, config.batch_runs or os.cpu_count() or 1)
+        self.sync_import_limit = config.sync_import_limit  # backups a sync imports from one backup node at most
 
     # -- reading ---------------------------------------------------------------------------------
     def view(self, backup: dict, hostnames: dict | None = None) -> dict:

@@ -26,7 +26,6 @@ from vmbackup.domain.clock import iso, now, parse
 from vmbackup.domain.facts import TaskStatus
 
 log = logging.getLogger("vmbackup.scheduler")
-SYSTEM_USER = SCHEDULER
 
 
 def latest_due(schedule: str, after: datetime.datetime, until: datetime.datetime) -> datetime.datetime | None:
@@ -161,7 +160,7 @@ class Scheduler:
             if definition is None or not self.drill_due(definition, when):
                 continue
             try:
-                task_id = self.service.backups.verify(SYSTEM_USER, backup["vm_uuid"], backup["name"],
+                task_id = self.service.backups.verify(SCHEDULER, backup["vm_uuid"], backup["name"],
                                                       {"disk_id": backup["disk_id"]}, automatic=True)
             except (errors.ApiError, errors.ValidationFailed) as err:
                 log.info("drill of %s/%s waits: %s", backup["hostname"], backup["name"], getattr(err, "detail", err))
@@ -210,7 +209,7 @@ class Scheduler:
     def run(self, definition: dict, due: datetime.datetime) -> str | None:
         """Start the backup as if an admin had POSTed it; log why if it cannot start."""
         try:
-            task_id = self.service.backups.create(SYSTEM_USER, definition["vm_uuid"], definition["name"],
+            task_id = self.service.backups.create(SCHEDULER, definition["vm_uuid"], definition["name"],
                                                   {"disk_id": definition["disk_id"]}, automatic=True)
         except (errors.ApiError, errors.ValidationFailed) as err:
             self.refused(definition, due, getattr(err, "detail", None) or str(err))

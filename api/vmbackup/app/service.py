@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from vmbackup.app.access import Access
 from vmbackup.app.backups import Backups
+from vmbackup.app.config import Config
 from vmbackup.app.definitions import Definitions
 from vmbackup.app.queue import JobQueue
-from vmbackup.app.sync import IMPORT_LIMIT
 from vmbackup.app.tasks import Tasks
 from vmbackup.domain.events import Events
 from vmbackup.engine.protocol import Engine
@@ -23,18 +23,18 @@ class Service:
     """The use cases over one store and engine: `access`, `definitions`, `backups`, `tasks`; and the `queue` that
     runs their jobs, the `events` it reports to."""
 
-    def __init__(self, store: Store, runner: Engine, dc_id: int = 1, size_limit: int | None = None,
-                 jobs_per_node: int | None = None, batch_runs: int | None = None,
-                 sync_import_limit: int = IMPORT_LIMIT):
+    def __init__(self, store: Store, runner: Engine, config: Config | None = None):
+        """`config`: the settings the use cases read (jobs per node, size limit, batch runs, sync's import
+        limit), with Config's defaults when None."""
+        config = config or Config()
         self.store = store
         self.events = Events()
         # How many jobs run at once per backup node (None: no limit); the queue keeps the others waiting.
-        self.queue = JobQueue(store, runner, jobs_per_node, self.events)
+        self.queue = JobQueue(store, runner, config.jobs_per_node, self.events)
         self.access = Access(store)
-        self.tasks = Tasks(store, runner, self.queue, dc_id)
+        self.tasks = Tasks(store, runner, self.queue)
         self.definitions = Definitions(store, self.access)
-        self.backups = Backups(store, runner, self.queue, self.access, self.tasks, size_limit=size_limit,
-                               batch_runs=batch_runs, sync_import_limit=sync_import_limit)
+        self.backups = Backups(store, runner, self.queue, self.access, self.tasks, config)
 
     def data_version(self) -> int:
         """Changes whenever a record changes (in this process or another): what cached answers key on."""
