@@ -80,6 +80,24 @@ def test_a_failed_run_leaves_no_record_and_is_counted(tmp_path):
     assert sum(service.store.failure_counts().values()) == 1
 
 
+@pytest.mark.parametrize("broken", ["apply", "detail", "message"])
+def test_a_bug_in_ending_a_job_still_ends_its_task_and_frees_its_disk(tmp_path, monkeypatch, broken):
+    """Whatever part of turning a run into records fails (a bug, a record it does not expect), the task ends in
+    FAILURE, says why, and the disk takes the next job: nothing stays PENDING for ever."""
+    from vmbackup.app.jobs import BackupJob
+
+    def bug(*_args, **_kwargs):
+        raise KeyError("items")
+
+    monkeypatch.setattr(BackupJob, broken, bug)
+    service = seeded(tmp_path, FakeEngine(str(tmp_path / "runs")))
+    task = service.tasks.wait(service.backups.create(ADMIN, "web.fast", "daily", {}), timeout=10, poll=0.02)
+    assert task["status"] == TaskStatus.FAILURE and task["result"]["message"] == "Backup failed", task
+    assert task["result"]["detail"] == "the result could not be applied: 'items'"
+    assert task["outcome"]["failed"] == [{"why": task["result"]["detail"]}]
+    assert service.backups.busy(VMS["web"], 1) is None
+
+
 def test_jobs_beyond_the_limit_of_a_backup_node_wait_for_a_free_slot(tmp_path):
     engine = FakeEngine(str(tmp_path / "runs"), hold=True)
     service = seeded(tmp_path, engine, jobs_per_node=1)

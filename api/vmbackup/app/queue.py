@@ -138,14 +138,15 @@ class JobQueue:
         job = jobs.for_task(task)
         try:
             outcome = job.apply(self.store, task, run)
-            detail = job.detail(outcome)
+            detail, message = job.detail(outcome), job.message(task, outcome.ok)
         except Exception as err:  # a bug in applying must still end the task and free its disks
             log.exception("applying the result of %s failed", task_id)
             detail = "the result could not be applied: %s" % err
             outcome = Outcome(False, failed=[{"why": detail}])
+            message = job.failure or "%s failed" % job.kind.capitalize()
         status = TaskStatus.SUCCESS if outcome.ok else TaskStatus.FAILURE
         result = {"returncode": 0 if outcome.ok else (run.rc if run.rc not in (None, 0) else 1),
-                  "message": job.message(task, outcome.ok), "detail": detail}
+                  "message": message, "detail": detail}
         # What was made and what failed, as data: what the metrics count and the alerts send (the detail is text
         # for the API's clients, read by nothing of ours).
         self.store.update_task(task_id, {"status": status, "result": result, "finished": iso(now()),
