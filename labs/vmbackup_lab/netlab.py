@@ -348,8 +348,32 @@ def parse_nodes(specs: list[str]) -> list[tuple[str, str]]:
     return nodes
 
 
+class BridgeLab:
+    """What a lab of nodes on a bridge has in common (NetLab here, OpenZfsLab in ozlab.py): where its bridge, key
+    and inventory are, and its nodes by name or role. A subclass has `prefix`, `directory` and `node_list()`."""
+
+    @property
+    def bridge(self) -> str:
+        return self.prefix + "br"
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.directory, "id_ed25519")
+
+    @property
+    def inventory(self) -> str:
+        return os.path.join(self.directory, "hosts.yml")
+
+    def node(self, name_or_role: str):
+        """A node by name, or the first node of a role."""
+        for node in self.node_list():
+            if name_or_role in (node.name, node.role):
+                return node
+        raise KeyError(name_or_role)
+
+
 @dataclasses.dataclass
-class NetLab:
+class NetLab(BridgeLab):
     """Nodes in namespaces on a bridge `<prefix>br` holding `<subnet>.1`; nodes at `.2`, `.3`, ..."""
 
     directory: str = os.environ.get("VMBACKUP_NETLAB_DIR", "/var/tmp/vmbackup-netlab")
@@ -384,28 +408,9 @@ class NetLab:
         with open(os.path.join(self.directory, "netlab.json"), "w") as handle:
             json.dump(settings, handle, indent=1)
 
-    @property
-    def bridge(self) -> str:
-        return self.prefix + "br"
-
-    @property
-    def key(self) -> str:
-        return os.path.join(self.directory, "id_ed25519")
-
-    @property
-    def inventory(self) -> str:
-        return os.path.join(self.directory, "hosts.yml")
-
     def node_list(self) -> list[NetNode]:
         return [NetNode(name, role, n + 2, os.path.join(self.directory, "nodes", name), self.prefix, self.subnet,
                         [self.pool], self.pool_size) for n, (name, role) in enumerate(self.nodes)]
-
-    def node(self, name_or_role: str) -> NetNode:
-        """A node by name, or the first node of a role."""
-        for node in self.node_list():
-            if name_or_role in (node.name, node.role):
-                return node
-        raise KeyError(name_or_role)
 
     def up(self, vms: list[LabVM] | None = None, data_mb: int = 16) -> None:
         """Bridge, keys, every node, the default VMs on the first compute node, the inventory. Idempotent."""

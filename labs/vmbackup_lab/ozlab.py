@@ -41,6 +41,7 @@ import zlib
 from vmbackup_lab import lab as labmod
 from vmbackup_lab.lab import LabVM, pid_alive, read_pid, say
 from vmbackup_lab.netlab import (  # noqa: F401 (parse_nodes: the CLI's --node)
+    BridgeLab,
     ensure_bridge,
     link_exists,
     link_is_up,
@@ -624,7 +625,7 @@ def tail(text: str, lines: int) -> str:
 
 
 @dataclasses.dataclass
-class OpenZfsLab:
+class OpenZfsLab(BridgeLab):
     """Guests on a bridge `<prefix>br` holding `<subnet>.1`; guests at `.2`, `.3`, ..."""
 
     directory: str = os.environ.get("VMBACKUP_OZLAB_DIR", "/var/tmp/vmbackup-ozlab")
@@ -675,29 +676,10 @@ class OpenZfsLab:
         except OSError:
             return None
 
-    @property
-    def bridge(self) -> str:
-        return self.prefix + "br"
-
-    @property
-    def key(self) -> str:
-        return os.path.join(self.directory, "id_ed25519")
-
-    @property
-    def inventory(self) -> str:
-        return os.path.join(self.directory, "hosts.yml")
-
     def node_list(self) -> list[Guest]:
         return [Guest(name, role, n + 2, os.path.join(self.directory, "nodes", name), self.prefix, self.subnet,
                       [self.pool], self.key, self.pool_size, self.memory_mb, list(self.drives.get(name, [])))
                 for n, (name, role) in enumerate(self.nodes)]
-
-    def node(self, name_or_role: str) -> Guest:
-        """A guest by name, or the first guest of a role."""
-        for node in self.node_list():
-            if name_or_role in (node.name, node.role):
-                return node
-        raise KeyError(name_or_role)
 
     def up(self, vms: list[LabVM] | None = None, data_mb: int = 16, boot_timeout: float = 600) -> None:
         """Image (built once), bridge, key, every guest booted and ready, pools, the default VMs on the first
