@@ -12,7 +12,7 @@ from vmbackup.app import sync
 from vmbackup.domain import facts
 from vmbackup.domain.clock import iso, now
 from vmbackup.domain.facts import BackupStatus
-from vmbackup.domain.outcome import Outcome, fields
+from vmbackup.domain.outcome import Outcome, fields, item
 from vmbackup.domain.reported import reported_checksum, reported_path
 from vmbackup.engine.runner import RunResult
 from vmbackup.store.store import Store
@@ -26,6 +26,7 @@ class Job:
     kind = ""
     playbook = ""
     success = failure = ""
+    shown = ("name", "disk_id")  # what the detail of a done job says of each backup
 
     def disks(self, task: dict) -> list[Disk]:
         return [(task["vm_uuid"], task["disk_id"])] if task.get("vm_uuid") else []
@@ -39,8 +40,8 @@ class Job:
     def detail(self, outcome: Outcome) -> str:
         """The task's detail as the original API writes it: what was done, else why not."""
         if outcome.ok:
-            return "; ".join(fields(item, "name", "disk_id") for item in outcome.made)
-        return "; ".join(item["why"] for item in outcome.failed)
+            return "; ".join(fields(done, *self.shown) for done in outcome.made)
+        return outcome.failed[0]["why"]
 
 
 class BackupJob(Job):
@@ -64,47 +65,41 @@ class BackupJob(Job):
         items = self.items(task)
         results = run.result.get("backups") if isinstance(run.result.get("backups"), dict) else {}
         made, failed = [], []
-        for item in items:
-            res = results.get(facts.batch_key(item["vm_uuid"], item["disk_id"], item["bkpname"])) or {}
-            done = {"vm_uuid": item["vm_uuid"], "disk_id": item["disk_id"], "name": item["bkpname"],
-                    "define": item["define"]}
+        for one in items:
+            res = results.get(facts.batch_key(one["vm_uuid"], one["disk_id"], one["bkpname"])) or {}
+            done = item(one["vm_uuid"], one["disk_id"], one["bkpname"], one["define"])
             if res.get("ok"):
-                store.update_backup(item["vm_uuid"], item["disk_id"], item["bkpname"], made_fields(res))
-                pruned = [n for n in res.get("pruned") or [] if isinstance(n, str) and n != item["bkpname"]]
+                store.update_backup(one["vm_uuid"], one["disk_id"], one["bkpname"], made_fields(res))
+                pruned = [n for n in res.get("pruned") or [] if isinstance(n, str) and n != one["bkpname"]]
                 if pruned:
-                    store.delete_backups(item["vm_uuid"], item["disk_id"], pruned)
+                    store.delete_backups(one["vm_uuid"], one["disk_id"], pruned)
                 made.append(dict(done, pruned=pruned))
             else:
-                store.delete_backups(item["vm_uuid"], item["disk_id"], [item["bkpname"]])
+                store.delete_backups(one["vm_uuid"], one["disk_id"], [one["bkpname"]])
                 failed.append(dict(done, why=str(res.get("msg") or run.error or run.status)))
         return Outcome(bool(made), made, failed)
 
     def detail(self, outcome: Outcome) -> str:
-        lines = [fields(item, "name", "disk_id", "pruned") for item in outcome.made]
+        lines = [fields(done, "name", "disk_id", "pruned") for done in outcome.made]
         if len(outcome.made) + len(outcome.failed) == 1:
             return lines[0] if lines else outcome.failed[0]["why"]
         return "; ".join(["made=%d, failed=%d" % (len(outcome.made), len(outcome.failed))] + lines
-                         + ["%s: %s" % (item["name"], item["why"]) for item in outcome.failed])
+                         + ["%s: %s" % (undone["name"], undone["why"]) for undone in outcome.failed])
 
 
 class RestoreJob(Job):
     kind, playbook = "restore", "restore.yml"
     success, failure = "Backup successfully restored", "Restore failed"
+    shown = ("name", "target_hostname", "target_disk_id")
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         b_uuid, b_disk, b_name = task["backup_key"]
         store.update_backup(b_uuid, b_disk, b_name, {"status": BackupStatus.OK})
-        item = {"vm_uuid": b_uuid, "disk_id": b_disk, "name": b_name, "define": task.get("define"),
-                "target_vm_uuid": task["vm_uuid"], "target_hostname": task["hostname"],
-                "target_disk_id": task["disk_id"]}
+        restored = item(b_uuid, b_disk, b_name, task.get("define"), target_vm_uuid=task["vm_uuid"],
+                        target_hostname=task["hostname"], target_disk_id=task["disk_id"])
         if run.ok:
-            return Outcome(True, [item])
-        return Outcome(False, failed=[dict(item, why=run.error or run.status)])
-
-    def detail(self, outcome: Outcome) -> str:
-        if outcome.ok:
-            return fields(outcome.made[0], "name", "target_hostname", "target_disk_id")
-        return outcome.failed[0]["why"]
+            return Outcome(True, [restored])
+        return Outcome(False, failed=[dict(restored, why=run.error or run.status)])
 
 
 class DeleteJob(Job):
@@ -124,18 +119,16 @@ class DeleteJob(Job):
         for name in kept:
             store.update_backup(task["vm_uuid"], task["disk_id"], name, {"status": BackupStatus.OK})
 
-        def item(name: str) -> dict:
-            return {"vm_uuid": task["vm_uuid"], "disk_id": task["disk_id"], "name": name, "define": None}
-
         why = run.error or run.status
-        failed = [dict(item(n), why=why) for n in kept] or ([] if run.ok else [{"why": why}])
-        return Outcome(run.ok, [item(n) for n in destroyed], failed)
+        failed = [item(task["vm_uuid"], task["disk_id"], n, None, why=why) for n in kept] or \
+            ([] if run.ok else [{"why": why}])
+        return Outcome(run.ok, [item(task["vm_uuid"], task["disk_id"], n, None) for n in destroyed], failed)
 
     def detail(self, outcome: Outcome) -> str:
         if outcome.ok:  # one line for the backups of one disk: name=a,b, disk_id=1
-            return fields({"name": [item["name"] for item in outcome.made],
+            return fields({"name": [deleted["name"] for deleted in outcome.made],
                            "disk_id": outcome.made[0]["disk_id"]}, "name", "disk_id")
-        return outcome.failed[0]["why"]
+        return super().detail(outcome)
 
 
 class VerifyJob(Job):
@@ -144,6 +137,7 @@ class VerifyJob(Job):
 
     kind, playbook = "verify", "verify.yml"
     success, failure = "Backup successfully verified", "Backup verification failed"
+    shown = ("name", "disk_id", "digest")
 
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         b_uuid, b_disk, b_name = task["backup_key"]
@@ -164,17 +158,14 @@ class VerifyJob(Job):
                 if definition is not None:
                     store.save_definition(dict(definition, verified=drill["verified"]))
             store.update_backup(b_uuid, b_disk, b_name, drill)
-        item = {"vm_uuid": b_uuid, "disk_id": b_disk, "name": b_name, "define": task.get("define")}
-        return Outcome(passed, [dict(item, digest=digest, digest_kind=kind)] if passed else [],
-                       [] if passed else [dict(item, why=reason)],
+        drilled = item(b_uuid, b_disk, b_name, task.get("define"))
+        return Outcome(passed, [dict(drilled, digest=digest, digest_kind=kind)] if passed else [],
+                       [] if passed else [dict(drilled, why=reason)],
                        {"drill": drill, "backup_key": [b_uuid, b_disk, b_name]})
 
     def detail(self, outcome: Outcome) -> str:
-        if not outcome.ok:
-            return outcome.failed[0]["why"]
-        proven = outcome.made[0]
-        return fields(proven, "name", "disk_id", "digest") + (
-            " (of the raw stream: encrypted, proven without its key)" if proven["digest_kind"] == "raw-stream" else "")
+        raw = outcome.ok and outcome.made[0]["digest_kind"] == "raw-stream"
+        return super().detail(outcome) + (" (of the raw stream: encrypted, proven without its key)" if raw else "")
 
 
 class SyncJob(Job):
@@ -189,10 +180,9 @@ class SyncJob(Job):
     def apply(self, store: Store, task: dict, run: RunResult) -> Outcome:
         summary = sync.apply(store, task.get("extravars", {}).get("sync_nodes") or [], run, task.get("started"),
                              adopt=bool(task.get("adopt")), limit=task.get("import_limit") or sync.IMPORT_LIMIT)
-        found = summary.found_lists()
+        found = summary.found_lists()  # the listeners hear of them too (a sync's LOST backups alert)
         return Outcome(summary.ok, failed=[{"node": node, "why": "could not be listed"} for node in summary.unlisted],
-                       facts={"lost": summary.lost, "found": summary.found, "imported": summary.imported},
-                       found=found)
+                       facts=found, found=found)
 
     def detail(self, outcome: Outcome) -> str:
         return sync.detail(outcome.found)

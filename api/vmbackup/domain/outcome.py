@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# What identifies an item of a job: its backup (or the backup restored, deleted, drilled) and its disk.
-ITEM_KEYS = ("vm_uuid", "disk_id", "name", "define")
-
 
 @dataclass
 class Outcome:
-    """`made`: one dict per backup made, restored, deleted or proven (ITEM_KEYS and what the kind adds, e.g.
+    """`made`: one dict per backup made, restored, deleted or proven (`item`'s keys and what the kind adds, e.g.
     `pruned`, `digest`, `target_hostname`); `failed`: one per item not done, with `why` (a failure of the
     whole run that names no item: `why` alone). `found`: what else the job found that the record keeps (a
     sync's lists of LOST, found again and imported backups). `facts` go to the listeners only."""
@@ -29,6 +26,12 @@ class Outcome:
     def record(self) -> dict:
         """What the task record and its log line keep."""
         return dict(self.found, made=[dict(item) for item in self.made], failed=[dict(item) for item in self.failed])
+
+
+def item(vm_uuid: str, disk_id: int, name: str, define: str | None, **more) -> dict:
+    """One backup of a job's outcome, by what identifies it (the backup made, restored, deleted or drilled, and
+    its disk), with what the kind adds (`more`)."""
+    return dict({"vm_uuid": vm_uuid, "disk_id": disk_id, "name": name, "define": define}, **more)
 
 
 def failed_definitions(task: dict) -> list[tuple[str, int, str]]:

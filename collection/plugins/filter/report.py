@@ -113,27 +113,22 @@ def variable_problems(values: dict, names, rules: dict, word=str) -> list[str]:
     item's `backups[2].zpool`). The one home of these rules: tasks/validate.yml asks it for every playbook and
     batch_items for each backup; the name patterns are the collection's (module_utils/layout.py).
     rules: backup_nodes, compute_nodes (the inventory's groups)."""
-    names = set(names)
+    names, said = set(names), given(values)
     problems = []
-
-    def given(name):
-        value = values.get(name)
-        return None if value is None or value == "" else value
-
-    if "node" in names and given("node") not in rules["backup_nodes"]:
+    if "node" in names and said.get("node") not in rules["backup_nodes"]:
         problems.append("%s: '%s' is not a host of the inventory group backup (it has: %s)"
-                        % (word("node"), given("node"), ", ".join(rules["backup_nodes"]) or "none"))
+                        % (word("node"), said.get("node"), ", ".join(rules["backup_nodes"]) or "none"))
     for name in ("compute_node", "target_compute_node"):
-        if name in names and given(name) and given(name) not in rules["compute_nodes"]:
+        if name in names and said.get(name) and said.get(name) not in rules["compute_nodes"]:
             problems.append("%s: '%s' is not a host of the inventory group compute (it has: %s)"
-                            % (word(name), given(name), ", ".join(rules["compute_nodes"]) or "none"))
-    if "vm_uuid" in names and not given("hostname") and not given("vm_uuid"):
+                            % (word(name), said.get(name), ", ".join(rules["compute_nodes"]) or "none"))
+    if "vm_uuid" in names and not said.get("hostname") and not said.get("vm_uuid"):
         problems.append("%s: give the VM's hostname or uuid (or vm_uuid)" % word("hostname"))
-    if "target_vm_uuid" in names and not given("target_hostname") and not given("target_vm_uuid"):
+    if "target_vm_uuid" in names and not said.get("target_hostname") and not said.get("target_vm_uuid"):
         problems.append("%s: give the VM to restore into (or target_vm_uuid)" % word("target_hostname"))
     for name in ("vm_uuid", "target_vm_uuid"):
-        if name in names and given(name) and not layout.UUID_RE.match(str(given(name))):
-            problems.append("%s: '%s' is not a uuid" % (word(name), given(name)))
+        if name in names and said.get(name) and not layout.UUID_RE.match(str(said.get(name))):
+            problems.append("%s: '%s' is not a uuid" % (word(name), said.get(name)))
     for name in ("disk_id", "target_disk_id"):
         number = _number(values.get(name, 1))
         if name in names and (number is None or number < 1):
@@ -147,7 +142,7 @@ def variable_problems(values: dict, names, rules: dict, word=str) -> list[str]:
     if "zpool" in names and not layout.POOL_RE.match(str(values.get("zpool"))):
         problems.append("%s: '%s' is not a pool name (a letter, then letters, digits or '_.:-')"
                         % (word("zpool"), values.get("zpool")))
-    digest = given("expected_digest")
+    digest = said.get("expected_digest")
     if "expected_digest" in names and digest and (not isinstance(digest, str) or not layout.DIGEST_RE.match(digest)):
         problems.append("%s: '%s' is not a sha256 digest (64 lowercase hex digits)" % (word("expected_digest"), digest))
     if "bkpdef" in names and not layout.DEFINITION_RE.match(str(values.get("bkpdef"))):
