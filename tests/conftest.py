@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 
+import node_env
 import pytest
 
 from vmbackup_lab import lab as labmod
@@ -139,6 +140,20 @@ def ozlab():
         the_lab = OpenZfsLab.load(OZLAB_DIR, **OZLAB)
         the_lab.up(vms=[])
     return the_lab
+
+
+@pytest.fixture(autouse=True)
+def forget_guest_vms():
+    """After each test, the VMs it made on the OpenZFS guests taken away with their backups: a suite's VMs
+    together need more than a guest's pool holds."""
+    yield
+    if node_env.ON_GUESTS:
+        made = list(node_env.ON_GUESTS)
+        node_env.ON_GUESTS.clear()
+        from vmbackup_lab.ozlab import OpenZfsLab
+        for guest in OpenZfsLab.load(OZLAB_DIR, **OZLAB).node_list():
+            if guest.pid:
+                guest.forget(made)
 
 
 @pytest.fixture

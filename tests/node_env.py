@@ -12,6 +12,7 @@ import time
 import uuid
 
 from vmbackup_lab.lab import LabVM
+from vmbackup_lab.ozlab import Guest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -44,8 +45,19 @@ def playbook(nodes, name: str, *options: str, **extra) -> str:
     return out
 
 
+# The VMs this process (a test worker) made on the OpenZFS lab's guests: conftest's `forget_guest_vms` takes
+# each test's away after it, with their backups (Guest.forget says why).
+ON_GUESTS: list[str] = []
+
+
+def remember(node, vm: LabVM) -> LabVM:
+    if isinstance(node, Guest):
+        ON_GUESTS.append(vm.uuid)
+    return vm
+
+
 def new_vm(node, data_mb: int, size_mb: int = 128, disks: int = 1) -> LabVM:
-    vm = LabVM(str(uuid.uuid4()), "f%s.lab" % uuid.uuid4().hex[:6], size_mb=size_mb, disks=disks)
+    vm = remember(node, LabVM(str(uuid.uuid4()), "f%s.lab" % uuid.uuid4().hex[:6], size_mb=size_mb, disks=disks))
     node.create_vm(vm, data_mb)
     return vm
 

@@ -22,7 +22,7 @@ import os
 import uuid
 
 import pytest
-from node_env import backup_state, new_vm
+from node_env import backup_state, new_vm, remember
 from playbook_env import Run
 
 from vmbackup_lab.lab import LabVM
@@ -75,7 +75,7 @@ def make_hostile(node, vm: LabVM, mode: str) -> None:
 
 def filesystem_vm(node) -> LabVM:
     """A VM whose disk is a file system (as an OS zone's) with a hostile mountpoint on it."""
-    vm = LabVM(str(uuid.uuid4()), "h%s.lab" % uuid.uuid4().hex[:6], size_mb=64)
+    vm = remember(node, LabVM(str(uuid.uuid4()), "h%s.lab" % uuid.uuid4().hex[:6], size_mb=64))
     disk = vm.disk(node.pools[0], 0)
     node.run(["zfs", "create", "-o", "vmbackup:hostname=" + vm.hostname, "-o", "vmbackup:brand=kvm",
               "-o", "vmbackup:state=stopped", "-o", "quota=64M", disk])

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 from api_env import ADMIN, ApiEnv
-from node_env import LabVM, backup_state, cut_midway, new_vm, playbook, said, snapshots, wait_for_bytes
+from node_env import LabVM, backup_state, cut_midway, new_vm, playbook, remember, said, snapshots, wait_for_bytes
 from node_env import Run as Background
 from playbook_env import Run
 
@@ -402,7 +402,7 @@ def test_the_api_backs_up_restores_and_marks_a_destroyed_backup_lost(nodes):
 def new_encrypted_vm(node, data_mb: int, size_mb: int = SIZE_MB) -> tuple[LabVM, str]:
     """A VM whose disk is a zvol with native encryption, its own encryption root, its raw key in a file that only
     the compute node has."""
-    vm = LabVM(str(uuid.uuid4()), "e%s.lab" % uuid.uuid4().hex[:6], size_mb=size_mb)
+    vm = remember(node, LabVM(str(uuid.uuid4()), "e%s.lab" % uuid.uuid4().hex[:6], size_mb=size_mb))
     disk = vm.disk(node.pools[0], 0)
     key = "/root/vmbackup-test-%s.key" % vm.uuid
     node.run(["sh", "-c", 'head -c 32 /dev/urandom > "$1"', "sh", key])

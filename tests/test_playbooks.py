@@ -429,6 +429,10 @@ def test_the_one_rule_set_takes_and_refuses_whole_names(name):
         problems = report.variable_problems(dict(base, **{variable: value}), names, rules)
         assert value == "" and variable in ("vm_uuid",) or problems and problems[0].startswith(variable), \
             (repr(value), problems)
+    if name == "pool":  # the length, which no pattern says: the API's rule (layout.invalid_pool) is the playbooks'
+        longest = "p" * layout.MAX_NAME
+        assert report.variable_problems(dict(base, zpool=longest), names, rules) == []
+        assert report.variable_problems(dict(base, zpool=longest + "p"), names, rules)[0].startswith("zpool")
     with open(os.path.join(REPO, "playbooks", "vars", "common.yml")) as handle:
         assert not [k for k in yaml.safe_load(handle) if k.endswith("_re")]  # no second home
 

@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,7 @@ HOST_PACKAGES = ["debootstrap", "iproute2", "openssh-client", "zstd", "e2fsprogs
 BACKPORTS_SOURCE = "/etc/apt/sources.list.d/vmbackup-backports.sources"
 # Bump when the recipe below changes what an image holds: the cache key includes it.
 RECIPE = 5
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ROOT_LABEL = "vmbroot"
 CACHE = os.environ.get("VMBACKUP_OZLAB_CACHE", "/var/cache/vmbackup/openzfs-lab")
 SSH_OPTIONS = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR",
@@ -549,6 +551,29 @@ class Guest:
             self.write_data(disk, "data", data_mb, offset_mb=0)
             made.append(disk)
         return made
+
+    def forget(self, uuids: list[str]) -> None:
+        """Everything the guest holds of these VMs taken away: their datasets (disks, backups, restores; the
+        holds on their snapshots released first) and their files. A test suite's VMs add up to more than a
+        guest's pool holds (a thick zvol reserves its whole size, and each snapshot of it pins what it
+        referenced), so the tests forget each test's VMs after it."""
+        script = r"""pool=$1; shift
+for vm in "$@"; do
+  zfs list -H -o name -t snapshot -r "$pool" | grep -F -- "$vm" | while read -r snap; do
+    zfs holds -H "$snap" | while IFS="$(printf '\t')" read -r _ tag _; do zfs release "$tag" "$snap"; done
+  done
+  zfs list -H -o name -t filesystem,volume -r "$pool" | grep -F -- "$vm" | while read -r name; do
+    ! zfs list "$name" >/dev/null 2>&1 || zfs destroy -r "$name" || { sleep 1; zfs destroy -r "$name"; }
+  done
+  find "$(zfs get -H -o value mountpoint "$pool")" -path "*$vm*" -prune -exec rm -rf {} +
+done
+! zfs list -H -o name -t all -r "$pool" | grep -F "$(printf '%s\n' "$@")"
+"""
+        for vm in uuids:
+            if not UUID_RE.fullmatch(vm):
+                raise ValueError("not a VM's uuid: %r" % vm)
+        if uuids:
+            self.run(["sh", "-c", script, "sh", self.pools[0], *uuids])
 
     def device(self, volume: str) -> str:
         return "/dev/zvol/" + volume

@@ -139,9 +139,9 @@ def variable_problems(values: dict, names, rules: dict, word=str) -> list[str]:
             problems.append("%s: %s cannot be negative" % (word(name), values.get(name)))
     if "retention" in names and (_number(values.get("retention", 0)) or 0) > 65536:
         problems.append("%s: %s is more than 65536" % (word("retention"), values.get("retention")))
-    if "zpool" in names and not layout.POOL_RE.match(str(values.get("zpool"))):
-        problems.append("%s: '%s' is not a pool name (a letter, then letters, digits or '_.:-')"
-                        % (word("zpool"), values.get("zpool")))
+    pool_problem = layout.invalid_pool(values.get("zpool")) if "zpool" in names else None
+    if pool_problem:
+        problems.append("%s: %s, at most %d characters" % (word("zpool"), pool_problem, layout.MAX_NAME))
     digest = said.get("expected_digest")
     if "expected_digest" in names and digest and (not isinstance(digest, str) or not layout.DIGEST_RE.match(digest)):
         problems.append("%s: '%s' is not a sha256 digest (64 lowercase hex digits)" % (word("expected_digest"), digest))
