@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -23,6 +25,16 @@ ISOLATED = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 if ISOLATED:
     labmod.isolate_zfs("/var/tmp/vmbackup-zfsd-%s" % TAG)
     os.environ["VMBACKUP_LAB_SSH_PORT"] = str(2223 + WORKER)
+
+
+# This process's temporary files (ansible-runner's private data dirs, the AWX stand-in's jobs, ...) in a folder of
+# its own, removed at the end: a run leaves nothing in /tmp.
+SCRATCH = tempfile.mkdtemp(prefix="vmbackup-tests-%s-" % TAG)
+tempfile.tempdir = SCRATCH
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
