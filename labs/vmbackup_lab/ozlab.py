@@ -563,7 +563,10 @@ for vm in "$@"; do
     zfs holds -H "$snap" | while IFS="$(printf '\t')" read -r _ tag _; do zfs release "$tag" "$snap"; done
   done
   zfs list -H -o name -t filesystem,volume -r "$pool" | grep -F -- "$vm" | while read -r name; do
-    ! zfs list "$name" >/dev/null 2>&1 || zfs destroy -r "$name" || { sleep 1; zfs destroy -r "$name"; }
+    for try in 1 2 3 4 5; do  # a zvol is busy for a moment after udev or dd used it
+      ! zfs list "$name" >/dev/null 2>&1 || zfs destroy -r "$name" && break
+      sleep 1
+    done
   done
   find "$(zfs get -H -o value mountpoint "$pool")" -path "*$vm*" -prune -exec rm -rf {} +
 done
