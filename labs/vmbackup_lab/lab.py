@@ -95,12 +95,18 @@ def stop_pid(pid: int | None, sig: int = signal.SIGTERM, wait: float = 20.0) -> 
     return not pid_alive(pid)
 
 
-def read_pid(path: str) -> int | None:
+def read_pid(path: str, program: str) -> int | None:
+    """The pid in the pid file `path` while that process runs `program` (its name in /proc, which the kernel cuts
+    to 15 characters), else None. A pid file outlives its process, and on a busy machine its pid soon names
+    another one (pids wrap at 32768 here): trusting it once killed an OpenZFS guest in the middle of a test run."""
     try:
         with open(path) as handle:
-            return int(handle.read().strip() or 0) or None
+            pid = int(handle.read().strip() or 0)
+        with open("/proc/%d/comm" % pid) as handle:
+            name = handle.read().strip()
     except (OSError, ValueError):
         return None
+    return pid if pid > 0 and name == program[:15] else None
 
 
 # The zfs-fuse daemon this process talks to: the machine's, or one of its own after isolate_zfs().
@@ -126,7 +132,7 @@ def launch_zfs_fuse(start, answers, pidfile: str, name: str = "this machine", ti
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
-        if os.path.exists(pidfile) and not pid_alive(read_pid(pidfile)):
+        if os.path.exists(pidfile) and not pid_alive(read_pid(pidfile, "zfs-fuse")):
             os.unlink(pidfile)
         started = start(["zfs-fuse", "--pidfile", pidfile])
         if started.returncode != 0:
@@ -136,7 +142,7 @@ def launch_zfs_fuse(start, answers, pidfile: str, name: str = "this machine", ti
             while time.monotonic() < deadline:
                 if answers():
                     return
-                if time.monotonic() > gone_after and not pid_alive(read_pid(pidfile)):
+                if time.monotonic() > gone_after and not pid_alive(read_pid(pidfile, "zfs-fuse")):
                     seen.append("the daemon exited")
                     break
                 time.sleep(0.3)
@@ -192,7 +198,7 @@ def isolate_zfs(directory: str) -> None:
 def stop_zfs_daemon() -> None:
     """Stop the daemon started by this process's start_zfs_daemon() after isolate_zfs()."""
     if ZFS_DAEMON["args"]:
-        stop_pid(read_pid(ZFS_DAEMON["pidfile"]))
+        stop_pid(read_pid(ZFS_DAEMON["pidfile"], "zfs-fuse"))
 
 
 @dataclasses.dataclass
@@ -257,7 +263,7 @@ def sshd_pidfile(directory: str, port: int) -> str:
 
 def stop_sshd(directory: str, port: int) -> None:
     """Stop the sshd that ensure_sshd(directory, port) started."""
-    stop_pid(read_pid(sshd_pidfile(directory, port)), wait=0)
+    stop_pid(read_pid(sshd_pidfile(directory, port), "sshd"), wait=0)
 
 
 def start_sshd(directory: str, host: str, port: int, probe: list[str]) -> None:

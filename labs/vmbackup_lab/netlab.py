@@ -125,7 +125,7 @@ class NetNode:
 
     @property
     def holder(self) -> int | None:
-        pid = read_pid(self.path("holder.pid"))
+        pid = read_pid(self.path("holder.pid"), "sleep")
         if not pid_alive(pid):
             return None
         # A pid reused by another process is not our holder: it must be in the node's network namespace.
@@ -223,7 +223,7 @@ class NetNode:
 
     def kill_zfs(self, sig: int = signal.SIGKILL) -> None:
         """Kill the node's zfs-fuse (a crash when SIGKILL)."""
-        labmod.stop_pid(read_pid(self.path("zfs-fuse.pid")), sig)
+        labmod.stop_pid(read_pid(self.path("zfs-fuse.pid"), "zfs-fuse"), sig)
 
     def unmount_stale(self) -> None:
         """Lazily unmount the FUSE mounts a dead zfs-fuse left in the node's mount namespace."""
@@ -251,7 +251,7 @@ class NetNode:
         return labmod.run(argv, check=False).returncode == 0
 
     def ensure_sshd(self, key_pub: str, host_key: str) -> None:
-        if pid_alive(read_pid(self.path("sshd.pid"))):
+        if pid_alive(read_pid(self.path("sshd.pid"), "sshd")):
             return
         config = self.path("sshd_config")
         with open(config, "w") as handle:
@@ -276,9 +276,9 @@ class NetNode:
                 if self.run(["zpool", "list", "-H", pool], check=False).returncode == 0:
                     say("%s: destroying pool %s" % (self.name, pool))
                     self.run(["zpool", "destroy", "-f", pool], check=False)
-        for pidfile in ("sshd.pid", "zfs-fuse.pid", "holder.pid"):
-            pid = read_pid(self.path(pidfile))
-            if not labmod.stop_pid(pid, signal.SIGTERM if pidfile == "zfs-fuse.pid" else signal.SIGKILL, 15):
+        for pidfile, program in (("sshd.pid", "sshd"), ("zfs-fuse.pid", "zfs-fuse"), ("holder.pid", "sleep")):
+            pid = read_pid(self.path(pidfile), program)
+            if not labmod.stop_pid(pid, signal.SIGTERM if program == "zfs-fuse" else signal.SIGKILL, 15):
                 os.kill(pid, signal.SIGKILL)
         if link_exists(self.veth):
             labmod.run(["ip", "link", "del", self.veth], check=False)
@@ -330,7 +330,7 @@ class NetNode:
         lines = ["%s (%s, %s): link %s, zfs-fuse %s, sshd %s" % (
             self.name, self.role, self.address, "up" if self.link_is_up() else "DOWN",
             "answers" if self.zfs_running() else "DOES NOT ANSWER",
-            "running" if pid_alive(read_pid(self.path("sshd.pid"))) else "NOT RUNNING")]
+            "running" if pid_alive(read_pid(self.path("sshd.pid"), "sshd")) else "NOT RUNNING")]
         if self.zfs_running():
             out = self.run(["zfs", "list", "-H", "-r", "-o", "name,used", *self.pools], check=False).stdout
             lines += ["  " + line for line in out.splitlines()]

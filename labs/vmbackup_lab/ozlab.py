@@ -416,7 +416,7 @@ class Guest:
 
     @property
     def pid(self) -> int | None:
-        pid = read_pid(self.path("qemu.pid"))
+        pid = read_pid(self.path("qemu.pid"), "qemu-system-x86_64")
         return pid if pid_alive(pid) else None
 
     # -- commands in the guest ------------------------------------------------------------------------------
